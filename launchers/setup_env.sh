@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Set-up shared by the README's two commands: a virtual environment in .venv with the pinned CPU torch and
+# videorecipes installed (editable). Source it: `source launchers/setup_env.sh [EXTRA]` (EXTRA: dev, metrics).
+# Idempotent: a stamp keyed on pyproject.toml skips the installs when nothing changed.
+#   TORCH_SPEC   torch requirement installed first and kept as a constraint (default torch==2.13.0, the CPU
+#                wheel on this project's machines; on a GPU machine use the CUDA build you want)
+#   VIDEORECIPES_VENV   where the environment lives (default: <repo>/.venv)
+_vr_root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+_vr_venv=${VIDEORECIPES_VENV:-$_vr_root/.venv}
+_vr_torch=${TORCH_SPEC:-torch==2.13.0}
+_vr_extra=${1:-}
+if [ ! -x "$_vr_venv/bin/python" ]; then
+  echo "[setup] creating $_vr_venv"
+  python3 -m venv "$_vr_venv" || return 1 2>/dev/null || exit 1
+fi
+_vr_stamp="$_vr_venv/.installed-$( (cat "$_vr_root/pyproject.toml"; echo "$_vr_torch") | sha1sum | cut -c1-12)-${_vr_extra:-core}"
+if [ ! -f "$_vr_stamp" ]; then
+  echo "[setup] installing $_vr_torch and videorecipes${_vr_extra:+[$_vr_extra]} into $_vr_venv"
+  "$_vr_venv/bin/python" -m pip install -q --disable-pip-version-check --upgrade pip \
+  && "$_vr_venv/bin/python" -m pip install -q --disable-pip-version-check "$_vr_torch" \
+  && echo "$_vr_torch" > "$_vr_venv/constraints.txt" \
+  && "$_vr_venv/bin/python" -m pip install -q --disable-pip-version-check -c "$_vr_venv/constraints.txt" \
+       -e "$_vr_root${_vr_extra:+[$_vr_extra]}" \
+  && touch "$_vr_stamp" || { echo "[setup] installation failed" >&2; return 1 2>/dev/null || exit 1; }
+fi
+export PATH="$_vr_venv/bin:$PATH"
+export PYTHONUNBUFFERED=1
