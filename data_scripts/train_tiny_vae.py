@@ -77,6 +77,7 @@ def main(argv=None):
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1, (s + 1) / warm) * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(s / a.steps, 1)))))
 
     def evaluate(n=16):
+        n = min(n, len(held))
         vae.eval()
         with torch.no_grad():
             x = to_model(held[:n])
