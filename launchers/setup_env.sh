@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Set-up shared by the README's two commands: a virtual environment in .venv with the pinned CPU torch and
-# videorecipes installed (editable). Source it: `source launchers/setup_env.sh [EXTRA]` (EXTRA: dev, metrics).
+# videorecipes installed (editable). Source it: `source launchers/setup_env.sh`; for an extra (dev, metrics):
+# `VIDEORECIPES_EXTRA=dev source launchers/setup_env.sh` (positional arguments are not read: a sourced file sees
+# its caller's arguments, and a launcher's own flags must not become an install extra).
 # Idempotent: a stamp keyed on pyproject.toml skips the installs when nothing changed.
 #   TORCH_SPEC   torch requirement installed first and kept as a constraint (default torch==2.13.0, the CPU
 #                wheel on this project's machines; on a GPU machine use the CUDA build you want)
@@ -8,7 +10,7 @@
 _vr_root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 _vr_venv=${VIDEORECIPES_VENV:-$_vr_root/.venv}
 _vr_torch=${TORCH_SPEC:-torch==2.13.0}
-_vr_extra=${1:-}
+_vr_extra=${VIDEORECIPES_EXTRA:-}
 if [ ! -x "$_vr_venv/bin/python" ]; then
   echo "[setup] creating $_vr_venv"
   python3 -m venv "$_vr_venv" || return 1 2>/dev/null || exit 1

@@ -5,7 +5,7 @@
 #   3. runs pytest on tests/ (its summary is the last line).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-source launchers/setup_env.sh dev
+VIDEORECIPES_EXTRA=dev source launchers/setup_env.sh
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}   # two notebook workers on two cores: one thread each
 export VIDEORECIPES_CACHE=${VIDEORECIPES_CACHE:-$(mktemp -d)}
 t0=$(date +%s)
