@@ -27,7 +27,7 @@ videorecipes-generate --model_path "$OUT/zoo/tiny-wan2.1-i2v-v1" --output_dir "$
 # --- 4. the finetuning demo: 9 frames of 32x32, prompts cut to 32 tokens (the captions have about 12) ---
 ZOO="$OUT/zoo/tiny-wan2.1-t2v-v1"; C="$OUT/colours"
 SIZE=(--num_frames 9 --num_height 32 --num_width 32 --text_max_length 32)
-videorecipes-demo data --out "$C" --num_videos 192 --concept_videos 64 --num_prompts 48 --exclude magenta
+videorecipes-demo data --out "$C" --num_videos 384 --concept_videos 64 --num_prompts 48 --exclude magenta
 for s in base concept; do
   videorecipes-data preprocess --model_path "$ZOO" --data_merge_path "$C/$s" --preprocess_output_dir "$C/$s-latents" \
     "${SIZE[@]}" --text_precision fp32 --samples_per_file 64 --preprocess_video_batch_size 8 --preprocess_num_workers 0 \
