@@ -88,7 +88,7 @@ def main(argv=None):
     t0 = time.time()
     for step in range(1, a.steps + 1):
         T = rng.choices([1, 5, 9], weights=[0.4, 0.3, 0.3])[0]
-        idx = [rng.randrange(len(train)) for _ in range(max(1, a.frames_per_batch // (T if T > 1 else 1) // (2 if T == 1 else 1)))]
+        idx = [rng.randrange(len(train)) for _ in range(max(1, a.frames_per_batch // (2 if T == 1 else T)))]  # 12 frames, 4x5, 2x9
         clips = []
         for i in idx:
             t = rng.randrange(0, 17 - T + 1); y = rng.randrange(0, 64 - a.crop + 1); x = rng.randrange(0, 64 - a.crop + 1)
