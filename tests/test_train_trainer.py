@@ -157,6 +157,16 @@ def test_fp16_and_an_extra_network(t2v, tmp_path):
     w0 = None
     r = train(cfg, m, progress=False)
     assert m.calls == [2, 4] and all(np.isfinite(v) for v in r.losses.values())
-    st = torch.load(tmp_path / 'fp16' / 'checkpoint-3' / 'training_state.pt', weights_only=False)
-    assert 'critic' in st['extras'] and st['scaler'] is not None
+    ck = tmp_path / 'fp16' / 'checkpoint-3'
+    st = torch.load(ck / 'training_state.pt', weights_only=False)
+    assert st['scaler'] is not None
+    from torch.distributed.checkpoint import FileSystemReader
+    keys = FileSystemReader(str(ck / 'dcp')).read_metadata().state_dict_metadata
+    assert any(k.startswith('extra.critic.model') for k in keys) and any(k.startswith('extra.critic.optim') for k in keys)
     assert 'critic_loss' in read_metrics(tmp_path / 'fp16')[1]
+    # resuming from step 3 restores the critic, its optimizer and the scaler: step 4 ends where the first run ended
+    m2 = WithCritic(parse_args(flags(t2v, tmp_path / 'fp16', '--mixed_precision', 'fp16', '--max_train_steps', 4,
+                                     '--resume_from_checkpoint', ck)))
+    train(m2.cfg, m2, progress=False)
+    assert m2.calls == [4] and torch.equal(m2.critic.weight, m.critic.weight)
+    assert all(torch.equal(a, b) for a, b in zip(m2.dit.parameters(), m.dit.parameters()))

@@ -223,8 +223,8 @@ class MemoryArgs:
 @dataclass
 class SelectiveArgs:
     "Selective training and block swapping; the chapters that use these flags define their meaning in full."
-    ff: Optional[float] = arg(None, "Selective training: fraction in (0, 1] to train (None: off)")
-    ffid: int = arg(0, "Selective training: index of the first selected element")
+    ff: Optional[float] = arg(None, "Selective training: share of the DiT's parameters to train, in (0, 1] (None: off)")
+    ffid: int = arg(0, "Selective training: which slice to train, 0 ≤ K < ⌊1/ff⌋ (slices never overlap)")
     blocks_to_swap: int = arg(0, "Transformer blocks kept off the GPU and swapped in when needed (0: off)")
 
     def validate(self, cfg):

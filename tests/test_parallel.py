@@ -1,0 +1,194 @@
+"""The parallel engine against one process: FSDP, HSDP (1x2, 2x1), Ulysses SP=2 and TP=2 runs under torchrun (2 CPU
+processes, gloo) must reproduce the single-process run's losses and final weights; a checkpoint written at world 2
+resumes at world 1; a rank killed under `torchrun --max-restarts` restarts from the last checkpoint and completes.
+
+Every run trains the tiny DiT for 4 plain SGD steps (SGD, unlike Adam, would show a gradient off by a constant factor; the
+gradient norms are compared too) on 9x48x48 clips: 3 latent frames of 3x3 patches = 27 tokens, an odd
+count, so the SP runs also exercise padding. Runs are marked `multiproc` (about 2 minutes in all on 2 cores)."""
+import json, os, subprocess, sys, textwrap
+from pathlib import Path
+import pytest
+import torch
+from safetensors.torch import load_file
+from videorecipes.config import parse_args
+from videorecipes.data.preprocess import preprocess_dataset
+from videorecipes.synthetic import make_synthetic_dataset
+
+pytestmark = pytest.mark.multiproc
+ENV = dict(os.environ, OMP_NUM_THREADS='1', PYTHONHASHSEED='0', PYTHONWARNINGS='ignore')
+STEPS = 4
+
+
+@pytest.fixture(scope='module')
+def data(tmp_path_factory):
+    from videorecipes.zoo import tiny_zoo
+    root = tmp_path_factory.mktemp('parallel')
+    zoo = tiny_zoo('t2v')
+    make_synthetic_dataset(root / 'merged', num_videos=12, progress=False)
+    preprocess_dataset(parse_args(['--model_path', zoo, '--model_type', 't2v', '--data_merge_path', root / 'merged',
+                                   '--data_path', root / 'data', '--num_frames', 9, '--num_height', 48, '--num_width', 48,
+                                   '--text_precision', 'fp32', '--preprocess_num_workers', 0]), progress=False)
+    return dict(root=root, zoo=zoo, data=root / 'data')
+
+
+def flags(d, out, batch, *extra):
+    return [str(x) for x in ['--model_path', d['zoo'], '--data_path', d['data'], '--num_frames', 9, '--num_height', 48,
+                             '--num_width', 48, '--train_batch_size', batch, '--dataloader_num_workers', 0, '--cfg_rate', 0.2,
+                             '--mixed_precision', 'no', '--optimizer', 'torch.optim.SGD', '--learning_rate', 0.05, '--max_grad_norm', 0, '--max_train_steps', STEPS, '--lr_scheduler', 'constant',
+                             '--checkpointing_steps', 2, '--report_to', 'none', '--output_dir', out, *extra]]
+
+
+def run1(args):
+    p = subprocess.run([sys.executable, '-m', 'videorecipes.train.trainer', *args], env=ENV, capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr[-3000:]
+
+
+def run2(args, *torchrun_flags, script=None):
+    cmd = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', '2', *torchrun_flags]
+    cmd += [script] if script else ['-m', 'videorecipes.train.trainer']
+    p = subprocess.run(cmd + ['--num_gpus', '2', *args], env=ENV, capture_output=True, text=True, timeout=600)
+    errs = [l for l in (p.stdout + p.stderr).splitlines() if "Error" in l or "error:" in l]
+    assert p.returncode == 0, "\n".join(errs[-10:]) + p.stderr[-2000:]
+    return p
+
+
+def metrics(out, key): return {r['step']: r[key] for r in map(json.loads, (Path(out) / 'metrics.jsonl').read_text().splitlines())}
+def losses(out): return metrics(out, 'loss')
+def weights(out): return load_file(str(Path(out) / 'final' / 'transformer' / 'diffusion_pytorch_model.safetensors'))
+
+
+def same(out, ref, rtol=1e-4, atol=2e-5):
+    la, lb = losses(out), losses(ref)
+    assert sorted(la) == sorted(lb) == list(range(1, STEPS + 1))
+    for s in la: assert la[s] == pytest.approx(lb[s], rel=rtol), (s, la[s], lb[s])
+    ga, gb = metrics(out, 'grad_norm'), metrics(ref, 'grad_norm')   # the gradient's scale, not only its direction
+    for s in ga: assert ga[s] == pytest.approx(gb[s], rel=rtol), (s, ga[s], gb[s])
+    wa, wb = weights(out), weights(ref)
+    assert wa.keys() == wb.keys()
+    worst = max((wa[k].float() - wb[k].float()).abs().max().item() for k in wa)
+    assert worst < atol, f"largest weight difference {worst:.2e}"
+    moved = max((wa[k].float() - load_file(str(Path(ref).parent / 'base.safetensors'))[k].float()).abs().max().item() for k in wa)
+    assert moved > 100 * atol, "the weights did not train"   # the comparison is meaningful
+    return worst
+
+
+@pytest.fixture(scope='module')
+def refs(data):
+    "Single-process references: batch 2 (for data-parallel runs of 2 × 1) and batch 1 (for SP / TP runs)."
+    from videorecipes.zoo import load_transformer
+    from safetensors.torch import save_file
+    r = data['root']
+    save_file({k: v.contiguous() for k, v in load_transformer(data['zoo'], dtype='fp32').state_dict().items()}, str(r / 'base.safetensors'))
+    run1(flags(data, r / 'ref2', 2)); run1(flags(data, r / 'ref1', 1))
+    return dict(b2=r / 'ref2', b1=r / 'ref1')
+
+
+@pytest.mark.parametrize('name,extra,ref', [
+    ('fsdp', [], 'b2'),
+    ('hsdp_1x2', ['--hsdp_replicate_dim', 1, '--hsdp_shard_dim', 2], 'b2'),
+    ('hsdp_2x1', ['--hsdp_replicate_dim', 2, '--hsdp_shard_dim', 1], 'b2'),
+    ('sp2', ['--sp_size', 2], 'b1'),
+    ('tp2', ['--tp_size', 2], 'b1'),
+])
+def test_matches_single_process(data, refs, name, extra, ref):
+    out = data['root'] / name
+    run2(flags(data, out, 1, *extra))
+    worst = same(out, refs[ref])
+    print(f"{name}: largest weight difference to one process {worst:.1e}")
+
+
+def test_save_at_world_2_resume_at_world_1(data, refs):
+    "Steps 1-2 with FSDP on 2 ranks × batch 1, steps 3-4 in one process × batch 2: the same run as one process throughout."
+    out = data['root'] / 'resume'
+    run2(flags(data, out, 1, '--max_train_steps', 2))
+    assert (out / 'checkpoint-2' / 'dcp').is_dir()
+    run1(flags(data, out, 2, '--resume_from_checkpoint', 'latest'))
+    same(out, refs['b2'])
+
+
+KILLER = textwrap.dedent("""
+    import os, signal, sys
+    from videorecipes.config import parse_args
+    from videorecipes.train.trainer import train
+    attempt = os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')
+    def on_step(step, loss):   # the first attempt loses rank 1 after step 3 (the checkpoint of step 2 is complete)
+        with open(os.environ['TRACE'], 'a') as f: f.write(f"attempt {attempt} rank {os.environ['RANK']} step {step}\\n")
+        if step == 3 and os.environ['RANK'] == '1' and attempt == '0':
+            os.kill(os.getpid(), signal.SIGKILL)
+    train(parse_args(sys.argv[1:]), progress=False, on_step=on_step)
+""")
+
+
+def test_killed_rank_restarts_from_checkpoint(data, refs, tmp_path):
+    script = tmp_path / 'killer.py'; script.write_text(KILLER)
+    out = data['root'] / 'restart'
+    ENV['TRACE'] = str(tmp_path / 'trace.txt')
+    try: run2(flags(data, out, 1, '--resume_from_checkpoint', 'latest'), '--max-restarts', '1', script=str(script))
+    finally: del ENV['TRACE']
+    trace = (tmp_path / 'trace.txt').read_text().splitlines()
+    assert 'attempt 0 rank 1 step 3' in trace and 'attempt 0 rank 0 step 4' not in trace   # killed after step 3
+    assert sorted(l for l in trace if l.startswith('attempt 1')) == ['attempt 1 rank 0 step 3', 'attempt 1 rank 0 step 4',
+                                                                   'attempt 1 rank 1 step 3', 'attempt 1 rank 1 step 4']  # resumed at 2
+    same(out, refs['b2'])
+
+
+def test_lora_under_sequence_parallel(data, tmp_path):
+    "LoRA with SP=2 (FSDP over the frozen base and the adapters) writes the same adapter as one process."
+    lora = ['--lora_training', 'True', '--lora_rank', 4, '--learning_rate', 0.5]
+    run1(flags(data, tmp_path / 'one', 1, *lora))
+    run2(flags(data, tmp_path / 'sp', 1, '--sp_size', 2, *lora))
+    a = load_file(str(tmp_path / 'one' / 'final' / 'pytorch_lora_weights.safetensors'))
+    b = load_file(str(tmp_path / 'sp' / 'final' / 'pytorch_lora_weights.safetensors'))
+    assert a.keys() == b.keys() and len(a) > 0
+    assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-5
+    assert max(a[k].abs().max().item() for k in a if 'lora_B' in k) > 1e-3   # the adapters trained (B starts at zero)
+
+
+FROZEN = textwrap.dedent("""
+    import sys, torch
+    from videorecipes.config import parse_args
+    from videorecipes.zoo import load_transformer
+    from videorecipes.parallel.mesh import ParallelDims, init_distributed, build_mesh, close_distributed
+    from videorecipes.parallel.parallelize import shard_frozen
+    rank, world = init_distributed()
+    dims = ParallelDims.from_config(parse_args(['--num_gpus', '2']), world); build_mesh(dims)
+    teacher = load_transformer(sys.argv[1], dtype='fp32')
+    full = sum(p.numel() for p in teacher.parameters())
+    shard_frozen(teacher, dims, 'blocks')
+    local = sum(p.to_local().numel() for p in teacher.parameters())
+    torch.manual_seed(0)
+    x, ctx = torch.randn(1, 16, 3, 6, 6), torch.randn(1, 512, teacher.config.text_dim)
+    with torch.no_grad(): out = teacher(x, torch.tensor([400.]), ctx, return_dict=False)[0]
+    if rank == 0: torch.save(dict(out=out, full=full, local=local), sys.argv[2])
+    close_distributed()
+""")
+
+
+def test_frozen_teacher_sharded(data, tmp_path):
+    "A frozen DiT sharded with `shard_frozen` holds half its weights per rank and computes what the whole one computes."
+    from videorecipes.zoo import load_transformer
+    script = tmp_path / 'frozen.py'; script.write_text(FROZEN)
+    cmd = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', '2', str(script), str(data['zoo']), str(tmp_path / 'o.pt')]
+    p = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-3000:]
+    r = torch.load(tmp_path / 'o.pt')
+    assert r['local'] < 0.55 * r['full'], (r['local'], r['full'])   # rank 0's share (uneven dims round up)
+    t = load_transformer(data['zoo'], dtype='fp32').eval()
+    torch.manual_seed(0)
+    x, ctx = torch.randn(1, 16, 3, 6, 6), torch.randn(1, 512, t.config.text_dim)
+    with torch.no_grad(): ref = t(x, torch.tensor([400.]), ctx, return_dict=False)[0]
+    assert torch.allclose(r['out'], ref, atol=1e-5)
+
+
+def test_bench_mfu_script(tmp_path):
+    "The GPU benchmark counts 32,760 tokens for Wan2.1 1.3B at 81x480x832 and runs end to end on the tiny DiT (CPU smoke test)."
+    root = Path(__file__).parents[1]
+    p = subprocess.run([sys.executable, 'launchers/bench_mfu.py', '--flops_only'], cwd=root, env=ENV, capture_output=True, text=True)
+    assert p.returncode == 0 and '32,760 tokens' in p.stdout and '283.0 TFLOP' in p.stdout, p.stdout + p.stderr
+    p = subprocess.run([sys.executable, 'launchers/bench_mfu.py', '--tiny', '--device', 'cpu', '--steps', '1', '--warmup', '0',
+                        '--out', str(tmp_path / 'r.json')], cwd=root, env=ENV, capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr[-2000:]
+    r = json.loads((tmp_path / 'r.json').read_text())
+    assert r['tokens'] == 12 and r['tokens_per_s_per_gpu'] > 0 and r['checkpointing'] == 'full'
+    p = subprocess.run([sys.executable, 'launchers/bench_mfu.py'], cwd=root, env=dict(ENV, CUDA_VISIBLE_DEVICES=''), capture_output=True, text=True)
+    assert p.returncode != 0 and 'needs a CUDA GPU' in p.stderr
