@@ -225,7 +225,7 @@ class SelectiveArgs:
     "Selective training and block swapping; the chapters that use these flags define their meaning in full."
     ff: Optional[float] = arg(None, "Selective training: share of the DiT's parameters to train, in (0, 1] (None: off)")
     ffid: int = arg(0, "Selective training: which slice to train, 0 ≤ K < ⌊1/ff⌋ (slices never overlap)")
-    blocks_to_swap: int = arg(0, "Transformer blocks kept off the GPU and swapped in when needed (0: off)")
+    blocks_to_swap: int = arg(0, "Selective training: frozen transformer blocks kept in CPU memory and swapped in when needed (needs --ff; 0: off)")
 
     def validate(self, cfg):
         require(self.ff is None or 0 < self.ff <= 1, f"--ff must be in (0, 1] or None, got {self.ff}")
