@@ -123,12 +123,15 @@ def test_killed_rank_restarts_from_checkpoint(data, refs, tmp_path):
     script = tmp_path / 'killer.py'; script.write_text(KILLER)
     out = data['root'] / 'restart'
     ENV['TRACE'] = str(tmp_path / 'trace.txt')
-    try: run2(flags(data, out, 1, '--resume_from_checkpoint', 'latest'), '--max-restarts', '1', script=str(script))
+    # two restarts allowed: on a loaded 2-core machine a restarted gloo group occasionally fails to connect once
+    try: run2(flags(data, out, 1, '--resume_from_checkpoint', 'latest'), '--max-restarts', '2', script=str(script))
     finally: del ENV['TRACE']
-    trace = (tmp_path / 'trace.txt').read_text().splitlines()
-    assert 'attempt 0 rank 1 step 3' in trace and 'attempt 0 rank 0 step 4' not in trace   # killed after step 3
-    assert sorted(l for l in trace if l.startswith('attempt 1')) == ['attempt 1 rank 0 step 3', 'attempt 1 rank 0 step 4',
-                                                                   'attempt 1 rank 1 step 3', 'attempt 1 rank 1 step 4']  # resumed at 2
+    trace = [l.split() for l in (tmp_path / 'trace.txt').read_text().splitlines()]   # ['attempt', a, 'rank', r, 'step', s]
+    first = sorted((r, s) for _, a, _, r, _, s in trace if a == '0')
+    assert ('1', '3') in first and ('0', '4') not in first          # the first attempt lost rank 1 after step 3
+    last = max(a for _, a, *_ in trace)
+    assert last != '0' and sorted((r, s) for _, a, _, r, _, s in trace if a == last) == [('0', '3'), ('0', '4'), ('1', '3'), ('1', '4')]
+    assert not any(a != '0' and s in ('1', '2') for _, a, _, r, _, s in trace)   # restarts resumed from checkpoint-2
     same(out, refs['b2'])
 
 
