@@ -67,7 +67,8 @@ def same(out, ref, rtol=1e-4, atol=2e-5):
     assert wa.keys() == wb.keys()
     worst = max((wa[k].float() - wb[k].float()).abs().max().item() for k in wa)
     assert worst < atol, f"largest weight difference {worst:.2e}"
-    moved = max((wa[k].float() - load_file(str(Path(ref).parent / 'base.safetensors'))[k].float()).abs().max().item() for k in wa)
+    base = load_file(str(Path(ref).parent / 'base.safetensors'))
+    moved = max((wa[k].float() - base[k].float()).abs().max().item() for k in wa)
     assert moved > 100 * atol, "the weights did not train"   # the comparison is meaningful
     return worst
 
