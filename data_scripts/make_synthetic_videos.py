@@ -6,7 +6,9 @@
 The folder gets `videos/*.mp4` and `videos2caption.json` (the "merged" layout that preprocessing reads).
 See nbs/02_synthetic.ipynb for what the clips look like and how captions are made.
 """
+import sys
+from videorecipes.config import run_cli
 from videorecipes.synthetic import synthetic_cli
 
 if __name__ == '__main__':
-    synthetic_cli()
+    sys.exit(run_cli(synthetic_cli, prog='make_synthetic_videos.py'))

@@ -39,13 +39,13 @@ def flags(d, out, batch, *extra):
 
 
 def run1(args):
-    p = subprocess.run([sys.executable, '-m', 'videorecipes.train.trainer', *args], env=ENV, capture_output=True, text=True)
+    p = subprocess.run([sys.executable, '-m', 'videorecipes.train.cli', *args], env=ENV, capture_output=True, text=True)
     assert p.returncode == 0, p.stderr[-3000:]
 
 
 def run2(args, *torchrun_flags, script=None):
     cmd = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', '2', *torchrun_flags]
-    cmd += [script] if script else ['-m', 'videorecipes.train.trainer']
+    cmd += [script] if script else ['-m', 'videorecipes.train.cli']
     p = subprocess.run(cmd + ['--num_gpus', '2', *args], env=ENV, capture_output=True, text=True, timeout=600)
     errs = [l for l in (p.stdout + p.stderr).splitlines() if "Error" in l or "error:" in l]
     assert p.returncode == 0, "\n".join(errs[-10:]) + p.stderr[-2000:]

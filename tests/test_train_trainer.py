@@ -7,7 +7,8 @@ import torch
 from videorecipes.config import parse_args, ConfigError
 from videorecipes.data.preprocess import preprocess_dataset
 from videorecipes.synthetic import make_synthetic_dataset
-from videorecipes.train.trainer import train, read_metrics, list_checkpoints, NonFiniteLossError, train_cli
+from videorecipes.train.trainer import train, read_metrics, list_checkpoints, NonFiniteLossError
+from videorecipes.train.cli import train_cli
 
 ENV = dict(os.environ, OMP_NUM_THREADS='1', PYTHONHASHSEED='0')
 
@@ -55,13 +56,13 @@ def _losses(out): return {m['step']: m['loss'] for m in read_metrics(out)}
 def test_sigkill_and_resume_is_exact(t2v, tmp_path, extra):
     "A run SIGKILLed after step 7 (checkpoint at 6) and resumed reproduces the uninterrupted run's losses bit for bit."
     ref = flags(t2v, tmp_path / 'ref', '--gradient_accumulation_steps', 2, '--lr_scheduler', 'cosine', '--lr_warmup_steps', 2, *extra)
-    subprocess.run([sys.executable, '-m', 'videorecipes.train.trainer', *ref], check=True, env=ENV, capture_output=True)
+    subprocess.run([sys.executable, '-m', 'videorecipes.train.cli', *ref], check=True, env=ENV, capture_output=True)
     run = flags(t2v, tmp_path / 'run', '--gradient_accumulation_steps', 2, '--lr_scheduler', 'cosine', '--lr_warmup_steps', 2, *extra)
     p = subprocess.run([sys.executable, '-c', KILLER, '7', *run], env=ENV, capture_output=True)
     assert p.returncode == -signal.SIGKILL, p.stderr.decode()[-2000:]
     assert [c.name for c in list_checkpoints(tmp_path / 'run')] == ['checkpoint-3', 'checkpoint-6']
     assert max(_losses(tmp_path / 'run')) == 7 and not (tmp_path / 'run' / 'final').exists()
-    subprocess.run([sys.executable, '-m', 'videorecipes.train.trainer', *run, '--resume_from_checkpoint', 'latest'],
+    subprocess.run([sys.executable, '-m', 'videorecipes.train.cli', *run, '--resume_from_checkpoint', 'latest'],
                    check=True, env=ENV, capture_output=True)
     a, b = _losses(tmp_path / 'ref'), _losses(tmp_path / 'run')
     assert sorted(a) == sorted(b) == list(range(1, 11))
@@ -116,54 +117,57 @@ def test_i2v_bf16_checkpointing_and_validation(tmp_path):
 
 
 def test_config_errors(t2v, tmp_path, capsys):
-    "Bad flags and mismatched data fail with a message naming the flag or file, before training starts."
-    assert train_cli(flags(t2v, tmp_path / 'x', '--lora_rank', 0)) == 2
-    assert '--lora_rank' in capsys.readouterr().err
-    assert train_cli(flags(t2v, tmp_path / 'x', '--model_type', 'i2v')) == 2
-    assert 'holds t2v data' in capsys.readouterr().err
-    assert train_cli(flags(t2v, tmp_path / 'x', '--log_validation', 'True', '--validation_dataset_file', tmp_path / 'no.json')) == 2
-    assert 'no.json' in capsys.readouterr().err
-    assert train_cli(flags(t2v, tmp_path / 'x', '--resume_from_checkpoint', tmp_path / 'nothing')) == 2
-    assert '--resume_from_checkpoint' in capsys.readouterr().err
+    "Bad flags and mismatched data fail with exit 2 and a message naming the flag or file, before training starts."
+    def code(*extra): return train_cli(flags(t2v, tmp_path / 'x', *extra))
+    assert code('--lora_rank', 0) == 2 and '--lora_rank' in capsys.readouterr().err
+    assert code('--model_type', 'i2v') == 2 and 'holds t2v data' in capsys.readouterr().err
+    assert code('--log_validation', 'True', '--validation_dataset_file', tmp_path / 'no.json') == 2 and 'no.json' in capsys.readouterr().err
+    assert code('--resume_from_checkpoint', tmp_path / 'nothing') == 2 and '--resume_from_checkpoint' in capsys.readouterr().err
+    # flags that disagree with the data's shape (the data is 9x32x32): exit 2, naming the flags and the data's values
+    assert code('--num_frames', 17, '--num_height', 64, '--num_width', 64) == 2
+    err = capsys.readouterr().err
+    assert '--num_frames 17 --num_height 64 --num_width 64 expect latents of 5x8x8' in err and 'holds 3x4x4' in err, err
+    # an optimizer flag the optimizer does not take is an error, not dropped
+    assert code('--optimizer', 'torch.optim.SGD', '--adam_beta2', '0.99') == 2 and "takes no 'betas'" in capsys.readouterr().err
     with pytest.raises(ConfigError, match='--enable_gradient_checkpointing_type'):
-        parse_args(['--enable_gradient_checkpointing_type', 'block_skip'])
+        parse_args(['--enable_gradient_checkpointing_type', 'everything'])
 
 
 def test_torchrun_single_process(t2v, tmp_path):
     "Launched by torchrun with one process, the trainer joins a process group and trains."
     torchrun = Path(sys.executable).parent / 'torchrun'
-    p = subprocess.run([str(torchrun), '--standalone', '--nproc_per_node', '1', '-m', 'videorecipes.train.trainer',
+    p = subprocess.run([str(torchrun), '--standalone', '--nproc_per_node', '1', '-m', 'videorecipes.train.cli',
                         *flags(t2v, tmp_path / 'tr', '--max_train_steps', 2)], env=ENV, capture_output=True, text=True)
     assert p.returncode == 0, p.stderr[-2000:]
     assert 'trained 2 steps' in p.stdout and (tmp_path / 'tr' / 'final' / 'model_index.json').exists()
 
 
 def test_fp16_and_an_extra_network(t2v, tmp_path):
-    "fp16 autocast with a GradScaler trains; an extra network (a DMD2-style critic) is stepped every 2 steps and checkpointed."
+    "fp16 autocast with a GradScaler trains; a second network (a DMD2-style critic) with its own optimizer steps every 2 steps and is checkpointed."
     from videorecipes.train.full import FullFinetune
-    from videorecipes.train.trainer import ExtraNetwork
+    from videorecipes.train.method import Network, OptimizerSpec
     class WithCritic(FullFinetune):
         def setup(self, device):
             super().setup(device)
             self.critic = torch.nn.Linear(16, 1)
             self.calls = []
-        def extra_networks(self):
-            return [ExtraNetwork('critic', self.critic, torch.optim.SGD(self.critic.parameters(), lr=0.1), every=2)]
-        def extra_loss(self, name, batch, step):
+        def networks(self): return [*super().networks(), Network('critic', self.critic, dit=False)]
+        def optimizers(self): return [OptimizerSpec('main', 'student'), OptimizerSpec('critic', 'critic', every=2, learning_rate=0.1)]
+        def loss(self, batch, step, micro=0, opt='main'):
+            if opt == 'main': return super().loss(batch, step, micro)
             self.calls.append(step)
             return self.critic(batch['latents'].mean((2, 3, 4))).pow(2).mean(), {}
     cfg = parse_args(flags(t2v, tmp_path / 'fp16', '--mixed_precision', 'fp16', '--max_train_steps', 4))
     m = WithCritic(cfg)
-    w0 = None
     r = train(cfg, m, progress=False)
     assert m.calls == [2, 4] and all(np.isfinite(v) for v in r.losses.values())
     ck = tmp_path / 'fp16' / 'checkpoint-3'
-    st = torch.load(ck / 'training_state.pt', weights_only=False)
-    assert st['scaler'] is not None
+    st = torch.load(ck / 'training_state.pt', weights_only=True)
+    assert set(st['scalers']) == {'main', 'critic'} and set(st['schedulers']) == {'main', 'critic'}
     from torch.distributed.checkpoint import FileSystemReader
     keys = FileSystemReader(str(ck / 'dcp')).read_metadata().state_dict_metadata
-    assert any(k.startswith('extra.critic.model') for k in keys) and any(k.startswith('extra.critic.optim') for k in keys)
-    assert 'critic_loss' in read_metrics(tmp_path / 'fp16')[1]
+    assert any(k.startswith('critic.model') for k in keys) and any(k.startswith('critic.optim') for k in keys)
+    assert 'critic_loss' in read_metrics(tmp_path / 'fp16')[1] and 'critic_loss' not in read_metrics(tmp_path / 'fp16')[0]
     # resuming from step 3 restores the critic, its optimizer and the scaler: step 4 ends where the first run ended
     m2 = WithCritic(parse_args(flags(t2v, tmp_path / 'fp16', '--mixed_precision', 'fp16', '--max_train_steps', 4,
                                      '--resume_from_checkpoint', ck)))

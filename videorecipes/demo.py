@@ -5,16 +5,18 @@
 # %% ../nbs/90_tutorial_cpu_demo.ipynb #0913b980
 from __future__ import annotations
 import json, random, re, sys, time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
+from typing import Optional
 from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 from .synthetic import COLOURS, SHAPES, MOTIONS, Scene, random_scene, render_scene
 from .videoio import write_video, atomic_path
+from .config import arg, REQUIRED, parse_command, run_subcommands
 
 # %% auto #0
 __all__ = ['parse_caption', 'colour_fractions', 'colour_score', 'make_colour_dataset', 'heldout_prompts', 'score_model',
-           'demo_cli', 'demo_main']
+           'DemoDataArgs', 'DemoScoreArgs', 'DemoSummaryArgs', 'demo_cli', 'demo_main']
 
 # %% ../nbs/90_tutorial_cpu_demo.ipynb #af8ea7a0
 _NAMES = list(COLOURS)
@@ -112,7 +114,40 @@ def score_model(model_path, # a diffusers pipeline folder (e.g. a run's `final/`
     return res
 
 # %% ../nbs/90_tutorial_cpu_demo.ipynb #dcd19fdb
-def _data_cmd(a):
+@dataclass
+class DemoDataArgs:
+    "Write the base and concept datasets and the held-out prompts."
+    out: str = arg(REQUIRED, "Folder to write")
+    num_videos: int = arg(384, "Base clips")
+    concept_videos: int = arg(64, "Concept clips")
+    num_prompts: int = arg(48, "Held-out prompts per set")
+    num_validation: int = arg(4, "Prompts in the validation files")
+    exclude: list[str] = arg(['magenta'], "Colours kept out of the base set", choices=tuple(sorted(COLOURS)))
+    seed: int = arg(0, "Seed")
+    num_frames: int = arg(9, "Frames"); height: int = arg(32, "Height"); width: int = arg(32, "Width")
+
+@dataclass
+class DemoScoreArgs:
+    "Score the colours of a model on prompts."
+    model_path: str = arg(REQUIRED, "Pipeline folder")
+    prompts: str = arg(REQUIRED, "JSON list of captions")
+    lora: Optional[str] = arg(None, "Adapter to load")
+    out: Optional[str] = arg(None, "Folder for scores.json and the videos")
+    label: Optional[str] = arg(None, "Name in the printed line")
+    num_inference_steps: int = arg(20, "Denoising steps")
+    guidance_scale: float = arg(5.0, "Guidance scale")
+    seed: int = arg(0, "Seed")
+    text_max_length: int = arg(512, "Text length")
+    num_frames: int = arg(9, "Frames"); height: int = arg(32, "Height"); width: int = arg(32, "Width")
+
+@dataclass
+class DemoSummaryArgs:
+    "Print the scores of a finished demo."
+    out: str = arg(REQUIRED, "The demo's output folder")
+
+# %% ../nbs/90_tutorial_cpu_demo.ipynb #17dd1dfa
+def _data_cmd(argv):
+    a = parse_command(DemoDataArgs, argv, prog='videorecipes-demo data')
     out = Path(a.out)
     base_colours = [c for c in COLOURS if c not in a.exclude]
     base = make_colour_dataset(out / 'base', a.num_videos, a.seed, a.num_frames, a.height, a.width, colours=base_colours)
@@ -127,7 +162,8 @@ def _data_cmd(a):
     print(f"wrote {len(base)} base clips (no {', '.join(a.exclude)}), {len(concept)} concept clips and "
           f"{a.num_prompts} held-out prompts per set under {out}")
 
-def _score_cmd(a):
+def _score_cmd(argv):
+    a = parse_command(DemoScoreArgs, argv, prog='videorecipes-demo score')
     prompts = json.loads(Path(a.prompts).read_text())
     r = score_model(a.model_path, prompts, a.lora, a.num_frames, a.height, a.width, a.num_inference_steps, a.guidance_scale,
                     a.seed, a.text_max_length, a.out)
@@ -135,7 +171,8 @@ def _score_cmd(a):
     print(f"[score] {label}: background accuracy {r['background_accuracy']:.0%}, shape colour accuracy "
           f"{r['shape_colour_accuracy']:.0%} over {r['n']} prompts")
 
-def _summary_cmd(a):
+def _summary_cmd(argv):
+    a = parse_command(DemoSummaryArgs, argv, prog='videorecipes-demo summary')
     rows = []
     for f in sorted(Path(a.out).glob('scores_*/scores.json')):
         r = json.loads(f.read_text())
@@ -146,27 +183,8 @@ def _summary_cmd(a):
 
 def demo_cli(argv=None) -> int:
     "`videorecipes-demo data|score|summary`: the pieces of the CPU demo."
-    import argparse
-    ap = argparse.ArgumentParser(prog='videorecipes-demo', description=demo_cli.__doc__)
-    sub = ap.add_subparsers(dest='cmd', required=True)
-    d = sub.add_parser('data', help='write the base and concept datasets and held-out prompts')
-    d.add_argument('--out', required=True); d.add_argument('--num_videos', type=int, default=384)
-    d.add_argument('--concept_videos', type=int, default=64); d.add_argument('--num_prompts', type=int, default=48)
-    d.add_argument('--num_validation', type=int, default=4, help='prompts in the validation files')
-    d.add_argument('--exclude', nargs='+', default=['magenta'], choices=sorted(COLOURS), help='colours kept out of the base set')
-    d.add_argument('--seed', type=int, default=0)
-    s = sub.add_parser('score', help='score the colours of a model on prompts')
-    s.add_argument('--model_path', required=True); s.add_argument('--prompts', required=True, help='JSON list of captions')
-    s.add_argument('--lora', default=None); s.add_argument('--out', default=None); s.add_argument('--label', default=None)
-    s.add_argument('--num_inference_steps', type=int, default=20); s.add_argument('--guidance_scale', type=float, default=5.0)
-    s.add_argument('--seed', type=int, default=0); s.add_argument('--text_max_length', type=int, default=512)
-    for p in (d, s):
-        p.add_argument('--num_frames', type=int, default=9); p.add_argument('--height', type=int, default=32)
-        p.add_argument('--width', type=int, default=32)
-    m = sub.add_parser('summary', help='print the scores of a finished demo'); m.add_argument('--out', required=True)
-    a = ap.parse_args(argv)
-    dict(data=_data_cmd, score=_score_cmd, summary=_summary_cmd)[a.cmd](a)
-    return 0
+    return run_subcommands('videorecipes-demo', dict(data=_data_cmd, score=_score_cmd, summary=_summary_cmd), argv,
+                           errors=(FileNotFoundError, ValueError))
 
 def demo_main():
     "Console entry point of `videorecipes-demo`."

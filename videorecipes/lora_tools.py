@@ -7,11 +7,13 @@ from __future__ import annotations
 import json, math, os, re, shutil, tempfile, time
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import Optional
 from pathlib import Path
 import numpy as np
 import torch
 from .videoio import atomic_path, atomic_dir
 from .zoo import resolve_model_path, ModelLoadError
+from .config import arg, require, REQUIRED, parse_command, run_subcommands
 
 # %% auto #0
 __all__ = ['WAN_BLOCK_NAMES', 'WAN_TOP_NAMES', 'DIFFUSERS_LORA_NAME', 'COMFY_LORA_NAME', 'FULL_DELTAS_NAME', 'REPORT_NAME',
@@ -19,7 +21,8 @@ __all__ = ['WAN_BLOCK_NAMES', 'WAN_TOP_NAMES', 'DIFFUSERS_LORA_NAME', 'COMFY_LOR
            'Weights', 'LowRank', 'low_rank', 'LoraLayer', 'LoraAdapter', 'check_same_architecture', 'extract_lora',
            'save_adapter', 'load_adapter', 'check_adapter', 'adapter_delta', 'merge_into', 'merge_lora', 'ssim',
            'ssim_frames', 'MissingExtraError', 'lpips_model', 'lpips_frames', 'weight_report', 'apply_adapter',
-           'load_dit', 'Comparison', 'compare_models', 'lora_cli', 'lora_main']
+           'load_dit', 'Comparison', 'compare_models', 'ExtractArgs', 'MergeArgs', 'CompareArgs', 'lora_cli',
+           'lora_main']
 
 # %% ../nbs/50_lora_tools.ipynb #d8abb238
 class LoraError(ValueError):
@@ -938,75 +941,94 @@ def _print_extraction(ad, out):
               + ("stored as full deltas" if i['full_deltas'] else "reported only (pass --full_deltas to store them)"))
     print(f"{ad.num_parameters()/1e6:.2f} M parameters -> {out}")
 
-def lora_cli(argv=None):
-    "Extract a LoRA from a finetune, merge a LoRA into a pipeline, or compare two models."
-    import argparse
-    ap = argparse.ArgumentParser(prog='videorecipes-lora', description=lora_cli.__doc__)
-    sub = ap.add_subparsers(dest='cmd', required=True)
-    e = sub.add_parser('extract', help='factorise finetuned - base into a LoRA adapter')
-    e.add_argument('--base', required=True, help='base model: pipeline/transformer folder, hub id or .safetensors file')
-    e.add_argument('--finetuned', required=True, help='finetuned model, in any of the same forms')
-    e.add_argument('--out', required=True, help='adapter folder to write')
-    g = e.add_mutually_exclusive_group()
-    g.add_argument('--rank', type=int, default=32, help='LoRA rank (16, 32, 64, 128, ...)')
-    g.add_argument('--full_rank', action='store_true', help='keep every direction (exact reconstruction)')
-    e.add_argument('--alpha', type=float, default=None, help='LoRA alpha to record (default: the rank)')
-    e.add_argument('--threshold', type=float, default=1e-6, help='skip tensors whose mean |delta| is below this')
-    e.add_argument('--method', default='auto', choices=['auto', 'exact', 'randomized'])
-    e.add_argument('--niter', type=int, default=2, help='power iterations of the randomized SVD')
-    e.add_argument('--comfy', action='store_true', help='also write the original-Wan / ComfyUI layout')
-    e.add_argument('--full_deltas', action='store_true', help='store changed biases, norms, embeddings as full deltas')
-    e.add_argument('--clamp_rank', action='store_true', help='layers smaller than --rank keep their full rank')
-    e.add_argument('--verify', action='store_true', help='compute the Eckart-Young optimum of randomized layers too')
-    e.add_argument('--dtype', default='fp32', choices=['fp32', 'bf16', 'fp16'], help='dtype of the stored factors')
-    e.add_argument('--device', default=None, help='where the SVDs run (default: cuda if available)')
-    e.add_argument('--overwrite', action='store_true')
-    m = sub.add_parser('merge', help='write base + adapter as a complete pipeline folder')
-    m.add_argument('--base', required=True); m.add_argument('--lora', required=True, help='adapter folder or file (either layout)')
-    m.add_argument('--out', required=True); m.add_argument('--scale', type=float, default=1.0)
-    m.add_argument('--max_shard_size', default='5GB'); m.add_argument('--subfolder', default='transformer')
-    m.add_argument('--copy', action='store_true', help='copy the other components instead of hard-linking them')
-    m.add_argument('--overwrite', action='store_true')
-    c = sub.add_parser('compare', help='same prompts and seeds through two models; SSIM/LPIPS per frame; weight report')
-    c.add_argument('--model_a', required=True); c.add_argument('--model_b', required=True)
-    c.add_argument('--adapter_a', default=None); c.add_argument('--adapter_b', default=None)
-    c.add_argument('--pipeline', default=None, help='folder with the VAE/text encoder (default: model_a)')
-    c.add_argument('--prompt', action='append', required=True); c.add_argument('--seed', type=int, default=0)
-    c.add_argument('--num_frames', type=int, default=17); c.add_argument('--height', type=int, default=64); c.add_argument('--width', type=int, default=64)
-    c.add_argument('--num_inference_steps', type=int, default=20); c.add_argument('--guidance_scale', type=float, default=5.0)
-    c.add_argument('--lpips', default='auto', choices=['auto', 'on', 'off'])
-    c.add_argument('--no_weights', action='store_true', help='skip the weight-space report')
-    c.add_argument('--video_dir', default=None); c.add_argument('--dtype', default='fp32', choices=['fp32', 'bf16', 'fp16'])
-    c.add_argument('--device', default=None); c.add_argument('--out', required=True, help='JSON report')
-    a = ap.parse_args(argv)
-    try:
-        if a.cmd == 'extract':
-            ad = extract_lora(a.base, a.finetuned, rank=a.rank, full_rank=a.full_rank, alpha=a.alpha, threshold=a.threshold,
-                              method=a.method, niter=a.niter, full_deltas=a.full_deltas, clamp_rank=a.clamp_rank,
-                              verify=a.verify, device=a.device)
-            out = save_adapter(ad, a.out, comfy=a.comfy, dtype=a.dtype, overwrite=a.overwrite)
-            _print_extraction(ad, out)
-            return out
-        if a.cmd == 'merge':
-            t0 = time.time()
-            out = merge_lora(a.base, a.lora, a.out, scale=a.scale, max_shard_size=a.max_shard_size, subfolder=a.subfolder,
-                             link=not a.copy, overwrite=a.overwrite)
-            print(f"merged {a.lora} into {a.base} in {time.time() - t0:.1f}s -> {out}")
-            return out
-        cmp = compare_models(a.model_a, a.model_b, a.prompt, adapter_a=a.adapter_a, adapter_b=a.adapter_b, seed=a.seed, out=a.out,
-                             pipeline=a.pipeline, num_frames=a.num_frames, height=a.height, width=a.width,
-                             num_inference_steps=a.num_inference_steps, guidance_scale=a.guidance_scale,
-                             use_lpips={'auto': 'auto', 'on': True, 'off': False}[a.lpips], weights=not a.no_weights,
-                             video_dir=a.video_dir, dtype=a.dtype, device=a.device)
-        s = cmp.report['summary']
-        print(f"SSIM mean {s['mean_ssim']:.4f} min {s['min_ssim']:.4f}; LPIPS "
-              + (f"mean {s['mean_lpips']:.4f} max {s['max_lpips']:.4f}" if s['mean_lpips'] is not None else f"not computed ({(cmp.report['lpips_error'] or 'off')[:90]})"))
-        if 'weights' in cmp.report: print(f"weights: max relative difference {cmp.report['weights']['max_rel_diff']:.3e} ({cmp.report['weights']['differing']} tensors differ)")
-        print(f"report -> {a.out}")
-        return cmp
-    except (LoraError, FileExistsError, MissingExtraError, ModelLoadError) as err:
-        ap.exit(2, f"videorecipes-lora {a.cmd}: error: {err}\n")
+@dataclass
+class ExtractArgs:
+    "Factorise finetuned − base into a LoRA adapter."
+    base: str = arg(REQUIRED, "Base model: pipeline/transformer folder, hub id or .safetensors file")
+    finetuned: str = arg(REQUIRED, "Finetuned model, in any of the same forms")
+    out: str = arg(REQUIRED, "Adapter folder to write")
+    rank: int = arg(32, "LoRA rank (16, 32, 64, 128, ...)")
+    full_rank: bool = arg(False, "Keep every direction (exact reconstruction); not with --rank")
+    alpha: Optional[float] = arg(None, "LoRA alpha to record (None: the rank)")
+    threshold: float = arg(1e-6, "Skip tensors whose mean |delta| is below this")
+    method: str = arg('auto', "SVD method", choices=('auto', 'exact', 'randomized'))
+    niter: int = arg(2, "Power iterations of the randomized SVD")
+    comfy: bool = arg(False, "Also write the original-Wan / ComfyUI layout")
+    full_deltas: bool = arg(False, "Store changed biases, norms, embeddings as full deltas")
+    clamp_rank: bool = arg(False, "Layers smaller than --rank keep their full rank")
+    verify: bool = arg(False, "Compute the Eckart-Young optimum of randomized layers too")
+    dtype: str = arg('fp32', "Dtype of the stored factors", choices=('fp32', 'bf16', 'fp16'))
+    device: Optional[str] = arg(None, "Where the SVDs run (None: cuda if available)")
+    overwrite: bool = arg(False, "Replace an existing --out")
+
+def _extract_cmd(argv):
+    a = parse_command(ExtractArgs, argv, prog='videorecipes-lora extract')
+    rank_given = any(t == '--rank' or t.startswith('--rank=') for t in argv)
+    require(not (a.full_rank and rank_given), "--full_rank and --rank exclude each other: pick one")
+    ad = extract_lora(a.base, a.finetuned, rank=a.rank, full_rank=a.full_rank, alpha=a.alpha, threshold=a.threshold, method=a.method,
+                      niter=a.niter, full_deltas=a.full_deltas, clamp_rank=a.clamp_rank, verify=a.verify, device=a.device)
+    _print_extraction(ad, save_adapter(ad, a.out, comfy=a.comfy, dtype=a.dtype, overwrite=a.overwrite))
+
+# %% ../nbs/50_lora_tools.ipynb #741d3ba5
+@dataclass
+class MergeArgs:
+    "Write base + adapter as a complete pipeline folder."
+    base: str = arg(REQUIRED, "Base pipeline folder or hub id")
+    lora: str = arg(REQUIRED, "Adapter folder or file (either layout)")
+    out: str = arg(REQUIRED, "Pipeline folder to write")
+    scale: float = arg(1.0, "Adapter strength")
+    max_shard_size: str = arg('5GB', "Largest safetensors shard of the merged transformer")
+    subfolder: str = arg('transformer', "Which transformer of the pipeline to merge into")
+    copy: bool = arg(False, "Copy the other components instead of hard-linking them")
+    overwrite: bool = arg(False, "Replace an existing --out")
+
+def _merge_cmd(argv):
+    a = parse_command(MergeArgs, argv, prog='videorecipes-lora merge')
+    t0 = time.time()
+    out = merge_lora(a.base, a.lora, a.out, scale=a.scale, max_shard_size=a.max_shard_size, subfolder=a.subfolder,
+                     link=not a.copy, overwrite=a.overwrite)
+    print(f"merged {a.lora} into {a.base} in {time.time() - t0:.1f}s -> {out}")
+
+# %% ../nbs/50_lora_tools.ipynb #727d06e5
+@dataclass
+class CompareArgs:
+    "Same prompts and seeds through two models: SSIM/LPIPS per frame and a weight report."
+    model_a: str = arg(REQUIRED, "First model (pipeline or transformer folder, hub id, file)")
+    model_b: str = arg(REQUIRED, "Second model")
+    out: str = arg(REQUIRED, "JSON report to write")
+    prompt: list[str] = arg(REQUIRED, "A prompt; repeat the flag for several", repeat=True, sep=None)
+    adapter_a: Optional[str] = arg(None, "LoRA applied to model A")
+    adapter_b: Optional[str] = arg(None, "LoRA applied to model B")
+    pipeline: Optional[str] = arg(None, "Folder with the VAE/text encoder (None: model_a)")
+    seed: int = arg(0, "Seed of the first prompt")
+    num_frames: int = arg(17, "Frames"); height: int = arg(64, "Height"); width: int = arg(64, "Width")
+    num_inference_steps: int = arg(20, "Denoising steps"); guidance_scale: float = arg(5.0, "Guidance scale")
+    lpips: str = arg('auto', "LPIPS (needs the metrics extra)", choices=('auto', 'on', 'off'))
+    no_weights: bool = arg(False, "Skip the weight-space report")
+    video_dir: Optional[str] = arg(None, "Also write the videos here")
+    dtype: str = arg('fp32', "Transformer dtype", choices=('fp32', 'bf16', 'fp16'))
+    device: Optional[str] = arg(None, "Where to run (None: cuda if available)")
+
+# %% ../nbs/50_lora_tools.ipynb #39a2a774
+def _compare_cmd(argv):
+    a = parse_command(CompareArgs, argv, prog='videorecipes-lora compare')
+    cmp = compare_models(a.model_a, a.model_b, a.prompt, adapter_a=a.adapter_a, adapter_b=a.adapter_b, seed=a.seed, out=a.out,
+                         pipeline=a.pipeline, num_frames=a.num_frames, height=a.height, width=a.width,
+                         num_inference_steps=a.num_inference_steps, guidance_scale=a.guidance_scale,
+                         use_lpips={'auto': 'auto', 'on': True, 'off': False}[a.lpips], weights=not a.no_weights,
+                         video_dir=a.video_dir, dtype=a.dtype, device=a.device)
+    s = cmp.report['summary']
+    print(f"SSIM mean {s['mean_ssim']:.4f} min {s['min_ssim']:.4f}; LPIPS "
+          + (f"mean {s['mean_lpips']:.4f} max {s['max_lpips']:.4f}" if s['mean_lpips'] is not None else f"not computed ({(cmp.report['lpips_error'] or 'off')[:90]})"))
+    if 'weights' in cmp.report: print(f"weights: max relative difference {cmp.report['weights']['max_rel_diff']:.3e} ({cmp.report['weights']['differing']} tensors differ)")
+    print(f"report -> {a.out}")
+
+def lora_cli(argv=None) -> int:
+    "`videorecipes-lora extract|merge|compare ...`: extract a LoRA from a finetune, merge one into a pipeline, compare two models."
+    return run_subcommands('videorecipes-lora', dict(extract=_extract_cmd, merge=_merge_cmd, compare=_compare_cmd), argv,
+                           errors=(LoraError, FileExistsError, MissingExtraError, ModelLoadError))
 
 def lora_main():
     "Console entry point of `videorecipes-lora`."
-    lora_cli()
+    import sys
+    sys.exit(lora_cli())

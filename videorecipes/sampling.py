@@ -4,17 +4,20 @@
 
 # %% ../nbs/04_sampling.ipynb #41161fbc
 from __future__ import annotations
-import os, time, json, contextlib
+import os, sys, time, json, contextlib
+from dataclasses import dataclass
+from typing import Optional
 from pathlib import Path
 import numpy as np
 import torch
 from .zoo import load_components, pipeline_kind, as_dtype
 from .videoio import write_video
+from .config import arg, require, REQUIRED, parse_command, run_cli
 
 # %% auto #0
-__all__ = ['unwrap_transformer', 'Sampler', 'save_videos', 'generate_cli', 'generate_main']
+__all__ = ['unwrap_transformer', 'Sampler', 'save_videos', 'GenerateArgs', 'generate_cli', 'generate_main']
 
-# %% ../nbs/04_sampling.ipynb #057201d8
+# %% ../nbs/04_sampling.ipynb #b5289372
 def unwrap_transformer(model):
     "The `WanTransformer3DModel` inside `model`: unwraps `torch.compile`, DDP and peft's `PeftModel` wrappers."
     for _ in range(8):
@@ -46,42 +49,68 @@ class Sampler:
         parts = dict(self.parts)
         if transformer is not None: parts['transformer'] = transformer
         parts['transformer'] = unwrap_transformer(parts['transformer'])
-        cls = WanImageToVideoPipeline if self.kind == 'i2v' else WanPipeline
-        pipe = cls(**parts)
+        if self.kind != 'i2v': parts = {k: v for k, v in parts.items() if k not in ('image_encoder', 'image_processor')}
+        pipe = (WanImageToVideoPipeline if self.kind == 'i2v' else WanPipeline)(**{'text_encoder': None, **parts})
         pipe.set_progress_bar_config(disable=True)
         return pipe
 
-    @torch.no_grad()
-    def generate(self, prompts, # a prompt or a list of prompts
-                 negative_prompt:str='', # shared negative prompt
-                 num_frames:int=17, height:int=64, width:int=64,
-                 num_inference_steps:int=20, guidance_scale:float=5.0,
-                 seed:int=0, # video i uses seed + i
-                 images=None, # I2V: one PIL image (or uint8 HxWx3 array) per prompt
-                 transformer=None, # sample with this transformer instead of the constructor's
-                 max_sequence_length:int=512, # text length the pipeline pads prompts to
-                ) -> list[np.ndarray]:
-        "Generate one video per prompt as `uint8` frames `[T,H,W,3]`."
-        if isinstance(prompts, str): prompts = [prompts]
-        if self.kind == 'i2v':
-            if images is None or len(images) != len(prompts): raise ValueError("an I2V pipeline needs one image per prompt (`images=`)")
-        pipe = self.pipeline(transformer)
-        dit = pipe.transformer
-        was_training = dit.training
-        dit.eval()
-        videos = []
-        try:
-            for i, prompt in enumerate(prompts):
-                g = torch.Generator(device='cpu').manual_seed(seed + i)
-                kw = dict(prompt=prompt, negative_prompt=negative_prompt, num_frames=num_frames, height=height, width=width,
-                          num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, generator=g,
-                          output_type='np', max_sequence_length=max_sequence_length)
-                if self.kind == 'i2v': kw['image'] = _as_pil(images[i])
-                frames = pipe(**kw).frames[0]
-                videos.append((np.clip(frames, 0, 1) * 255 + 0.5).astype(np.uint8))
-        finally:
-            dit.train(was_training)
-        return videos
+# %% ../nbs/04_sampling.ipynb #e788376b
+@torch.no_grad()
+def _encode(self:Sampler, prompts:list, negative_prompt:str='', max_sequence_length:int=512) -> dict:
+    "Text embeddings of `prompts` (and of the negative prompt) for `generate(..., embeds=...)`: one entry per prompt."
+    pipe = self.pipeline()
+    enc = [pipe.encode_prompt(p, negative_prompt, True, 1, max_sequence_length=max_sequence_length, device=self.device) for p in prompts]
+    return dict(prompt_embeds=[e[0] for e in enc], negative_prompt_embeds=[e[1] for e in enc])
+
+def _release_encoders(self:Sampler):
+    "Drop the text encoder (after `encode`); its memory goes back to the allocator. (I2V keeps CLIP: diffusers' I2V pipeline encodes the image itself.)"
+    self.parts.pop('text_encoder', None)
+    import gc; gc.collect()
+    if torch.cuda.is_available(): torch.cuda.empty_cache()
+
+Sampler.encode, Sampler.release_encoders = _encode, _release_encoders
+
+# %% ../nbs/04_sampling.ipynb #ae76e490
+def _denoise_callback(dit):
+    "A diffusers `callback_on_step_end` that tells `dit`'s attention context which denoising step comes next (or None)."
+    from videorecipes.parallel.attention import attention_context
+    ctx = attention_context(unwrap_transformer(dit))
+    if ctx is None: return None
+    ctx.denoise_step = 0
+    def cb(pipe, i, t, kwargs): ctx.denoise_step = i + 1; return {}
+    return cb
+
+@torch.no_grad()
+def _generate(self:Sampler, prompts, # a prompt or a list of prompts
+              negative_prompt:str='', # shared negative prompt
+              num_frames:int=17, height:int=64, width:int=64,
+              num_inference_steps:int=20, guidance_scale:float=5.0,
+              seed:int=0, # video i uses seed + i
+              images=None, # I2V: one PIL image (or uint8 HxWx3 array) per prompt
+              transformer=None, # sample with this transformer instead of the constructor's
+              max_sequence_length:int=512, # text length the pipeline pads prompts to
+              embeds:dict=None, # what `encode` returned for these prompts (then the text/image encoders are not used)
+             ) -> list[np.ndarray]:
+    "Generate one video per prompt as `uint8` frames `[T,H,W,3]`."
+    if isinstance(prompts, str): prompts = [prompts]
+    if self.kind == 'i2v' and (images is None or len(images) != len(prompts)): raise ValueError("an I2V pipeline needs one image per prompt (`images=`)")
+    pipe = self.pipeline(transformer)
+    dit = pipe.transformer
+    was_training, videos = dit.training, []
+    dit.eval()
+    try:
+        for i, prompt in enumerate(prompts):
+            kw = dict(num_frames=num_frames, height=height, width=width, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
+                      generator=torch.Generator(device='cpu').manual_seed(seed + i), output_type='np', max_sequence_length=max_sequence_length,
+                      callback_on_step_end=_denoise_callback(dit))
+            if embeds is None: kw.update(prompt=prompt, negative_prompt=negative_prompt)
+            else: kw.update({k: v[i] for k, v in embeds.items()})
+            if self.kind == 'i2v': kw['image'] = _as_pil(images[i])
+            frames = pipe(**kw).frames[0]
+            videos.append((np.clip(frames, 0, 1) * 255 + 0.5).astype(np.uint8))
+    finally: dit.train(was_training)
+    return videos
+Sampler.generate = _generate
 
 def _as_pil(img):
     from PIL import Image
@@ -109,36 +138,41 @@ def save_videos(videos, # list of uint8 [T,H,W,3]
     with atomic_path(idx) as tmp: tmp.write_text(json.dumps(entries, indent=1))
     return paths
 
-# %% ../nbs/04_sampling.ipynb #3436a86b
-def generate_cli(argv=None):
+# %% ../nbs/04_sampling.ipynb #6b9f24f6
+@dataclass
+class GenerateArgs:
     "Generate videos from a Wan pipeline folder, a hub id, or the tiny zoo; write mp4 files."
-    import argparse
+    model_path: Optional[str] = arg(None, "Diffusers folder or hub id (None: the tiny zoo of --tiny)")
+    tiny: Optional[str] = arg(None, "Use (and build if needed) the tiny zoo pipeline", choices=('t2v', 'i2v'))
+    zoo_dir: Optional[str] = arg(None, "Where the tiny zoo lives (None: $VIDEORECIPES_CACHE/zoo)")
+    prompt: list[str] = arg(REQUIRED, "A prompt; repeat the flag for several", repeat=True, sep=None)
+    image: Optional[list[str]] = arg(None, "I2V: conditioning image (or a video: its first frame), one per prompt", repeat=True, sep=None)
+    negative_prompt: str = arg('', "Negative prompt")
+    num_frames: int = arg(17, "Frames, 4k+1")
+    height: int = arg(64, "Height, a multiple of 16")
+    width: int = arg(64, "Width, a multiple of 16")
+    num_inference_steps: int = arg(20, "Denoising steps")
+    guidance_scale: float = arg(5.0, "Classifier-free guidance scale")
+    seed: int = arg(0, "Seed of the first video (video i uses seed + i)")
+    dtype: str = arg('fp32', "Transformer dtype", choices=('fp32', 'bf16', 'fp16'))
+    device: Optional[str] = arg(None, "Where to run (None: cuda if available, else cpu)")
+    fps: float = arg(8.0, "Frame rate of the mp4 files")
+    output_dir: str = arg('outputs/samples', "Folder for the videos")
+
+    def validate(self, a):
+        require((a.num_frames - 1) % 4 == 0 and a.num_frames >= 1, f"--num_frames must be 4k+1, got {a.num_frames}")
+        require(a.height % 16 == 0 and a.width % 16 == 0, f"--height and --width must be multiples of 16, got {a.height}x{a.width}")
+
+# %% ../nbs/04_sampling.ipynb #c38c0f16
+def generate_cli(argv=None) -> list[Path]:
+    "`videorecipes-generate --prompt ... [--tiny t2v|i2v | --model_path M]`: write the videos, return their paths."
     from videorecipes.zoo import tiny_zoo, load_transformer, folder_size
-    ap = argparse.ArgumentParser(prog='videorecipes-generate', description=generate_cli.__doc__)
-    ap.add_argument('--model_path', help='diffusers folder or hub id (default: the tiny zoo of --tiny)')
-    ap.add_argument('--tiny', choices=['t2v', 'i2v'], default=None, help='use (and build if needed) the tiny zoo pipeline')
-    ap.add_argument('--zoo_dir', default=None, help='where the tiny zoo lives (default: $VIDEORECIPES_CACHE/zoo)')
-    ap.add_argument('--prompt', action='append', required=True, help='repeat for several prompts')
-    ap.add_argument('--image', action='append', default=None, help='I2V: conditioning image (or a video: its first frame), one per prompt')
-    ap.add_argument('--negative_prompt', default='')
-    ap.add_argument('--num_frames', type=int, default=17)
-    ap.add_argument('--height', type=int, default=64)
-    ap.add_argument('--width', type=int, default=64)
-    ap.add_argument('--num_inference_steps', type=int, default=20)
-    ap.add_argument('--guidance_scale', type=float, default=5.0)
-    ap.add_argument('--seed', type=int, default=0)
-    ap.add_argument('--dtype', default='fp32', choices=['fp32', 'bf16', 'fp16'])
-    ap.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
-    ap.add_argument('--fps', type=float, default=8)
-    ap.add_argument('--output_dir', default='outputs/samples')
-    a = ap.parse_args(argv)
-    if (a.num_frames - 1) % 4: ap.error(f"--num_frames must be 4k+1, got {a.num_frames}")
-    if a.height % 16 or a.width % 16: ap.error(f"--height and --width must be multiples of 16, got {a.height}x{a.width}")
+    a = parse_command(GenerateArgs, argv, prog='videorecipes-generate')
+    device = a.device or ('cuda' if torch.cuda.is_available() else 'cpu')
     t0 = time.time()
     path = a.model_path or tiny_zoo(a.tiny or 't2v', a.zoo_dir)
     if not a.model_path: print(f"tiny zoo: {path} ({folder_size(path)/1e6:.2f} MB, built/checked in {time.time()-t0:.1f}s)")
-    dit = load_transformer(path, dtype=a.dtype).to(a.device)
-    s = Sampler(path, transformer=dit, device=a.device)
+    s = Sampler(path, transformer=load_transformer(path, dtype=a.dtype).to(device), device=device)
     images = None
     if a.image:
         from PIL import Image
@@ -155,4 +189,5 @@ def generate_cli(argv=None):
 
 def generate_main():
     "Console entry point of `videorecipes-generate`."
-    generate_cli()
+    from videorecipes.zoo import ModelLoadError
+    sys.exit(run_cli(generate_cli, prog='videorecipes-generate', errors=(ModelLoadError, FileNotFoundError, ValueError)))

@@ -6,14 +6,16 @@
 from __future__ import annotations
 import json, random
 from dataclasses import dataclass, asdict
+from typing import Optional
 from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 from .videoio import write_video, atomic_path
+from .config import arg, REQUIRED, parse_command
 
 # %% auto #0
 __all__ = ['COLOURS', 'SHAPES', 'MOTIONS', 'Scene', 'random_scene', 'all_captions', 'caption_vocabulary', 'render_scene',
-           'make_synthetic_dataset', 'synthetic_cli']
+           'make_synthetic_dataset', 'SyntheticArgs', 'synthetic_cli']
 
 # %% ../nbs/02_synthetic.ipynb #9b6eb303
 COLOURS = {  # name -> RGB; well separated in hue so a dominant-colour score is unambiguous
@@ -111,18 +113,21 @@ def make_synthetic_dataset(out_dir, # folder to create (gets `videos/` and `vide
     return entries
 
 # %% ../nbs/02_synthetic.ipynb #21a68e7f
-def synthetic_cli(argv=None):
+@dataclass
+class SyntheticArgs:
     "Write a captioned synthetic video dataset (`videos/` + `videos2caption.json`)."
-    import argparse
-    ap = argparse.ArgumentParser(prog='make_synthetic_videos', description=synthetic_cli.__doc__)
-    ap.add_argument('--out', required=True, help='dataset folder to create')
-    ap.add_argument('--num_videos', type=int, default=32)
-    ap.add_argument('--seed', type=int, default=0)
-    ap.add_argument('--num_frames', type=int, default=17)
-    ap.add_argument('--height', type=int, default=64)
-    ap.add_argument('--width', type=int, default=64)
-    ap.add_argument('--fps', type=float, default=8)
-    ap.add_argument('--colours', nargs='*', default=None, choices=sorted(COLOURS), help='restrict shape colours')
-    a = ap.parse_args(argv)
+    out: str = arg(REQUIRED, "Dataset folder to create")
+    num_videos: int = arg(32, "How many clips")
+    seed: int = arg(0, "Random seed (same seed, same dataset)")
+    num_frames: int = arg(17, "Frames per clip")
+    height: int = arg(64, "Clip height in pixels")
+    width: int = arg(64, "Clip width in pixels")
+    fps: float = arg(8.0, "Frame rate")
+    colours: Optional[list[str]] = arg(None, "Restrict shape colours", choices=tuple(sorted(COLOURS)))
+
+def synthetic_cli(argv=None) -> int:
+    "`videorecipes-data create --out FOLDER ...` (also `data_scripts/make_synthetic_videos.py`)."
+    a = parse_command(SyntheticArgs, argv, prog='videorecipes-data create')
     ents = make_synthetic_dataset(a.out, a.num_videos, a.seed, a.num_frames, a.height, a.width, a.fps, a.colours)
     print(f"wrote {len(ents)} videos of {a.num_frames}x{a.height}x{a.width} and {Path(a.out)/'videos2caption.json'}")
+    return 0

@@ -6,16 +6,18 @@
 from __future__ import annotations
 import json, os, shutil, tempfile, hashlib
 from dataclasses import dataclass, field
+from typing import Optional
 from pathlib import Path
 import torch
 from .videoio import atomic_dir
+from .config import arg, parse_command, run_cli
 
 # %% auto #0
 __all__ = ['WAN_MODELS', 'TINY_TEXT_DIM', 'TINY_IMAGE_DIM', 'TINY_DIT', 'TINY_ZOO_VERSION', 'WanSpec', 'transformer_config',
            'count_parameters', 'model_table', 'ModelLoadError', 'as_dtype', 'resolve_model_path', 'load_transformer',
            'load_vae', 'load_text_encoder', 'load_tokenizer', 'load_image_encoder', 'load_image_processor',
            'load_scheduler', 'pipeline_kind', 'load_components', 'tiny_vae_dir', 'tiny_vae_digest', 'build_tokenizer',
-           'build_tiny_pipeline', 'cache_dir', 'tiny_zoo', 'folder_size', 'zoo_cli']
+           'build_tiny_pipeline', 'cache_dir', 'tiny_zoo', 'folder_size', 'ZooArgs', 'zoo_cli', 'zoo_main']
 
 # %% ../nbs/03_zoo.ipynb #4cf4c3b8
 _WAN_DIT_COMMON = dict(patch_size=(1, 2, 2), attention_head_dim=128, out_channels=16, text_dim=4096, freq_dim=256,
@@ -292,15 +294,18 @@ def folder_size(folder) -> int:
     return sum(f.stat().st_size for f in Path(folder).rglob('*') if f.is_file())
 
 # %% ../nbs/03_zoo.ipynb #69c8ae14
-def zoo_cli(argv=None):
+@dataclass
+class ZooArgs:
     "Print the named Wan models and build the tiny zoo (T2V and I2V pipeline folders)."
-    import argparse, time
-    ap = argparse.ArgumentParser(prog='videorecipes-zoo', description=zoo_cli.__doc__)
-    ap.add_argument('--out', default=None, help='folder for the tiny zoo (default: $VIDEORECIPES_CACHE/zoo)')
-    ap.add_argument('--kinds', nargs='+', default=['t2v', 'i2v'], choices=['t2v', 'i2v'])
-    ap.add_argument('--rebuild', action='store_true', help='rebuild even if cached')
-    ap.add_argument('--no_table', action='store_true', help='skip the table of real models')
-    a = ap.parse_args(argv)
+    out: Optional[str] = arg(None, "Folder for the tiny zoo (None: $VIDEORECIPES_CACHE/zoo)")
+    kinds: list[str] = arg(['t2v', 'i2v'], "Which tiny pipelines to build", choices=('t2v', 'i2v'))
+    rebuild: bool = arg(False, "Rebuild even if cached")
+    no_table: bool = arg(False, "Skip the table of real models")
+
+def zoo_cli(argv=None) -> int:
+    "`videorecipes-zoo [--out DIR] [--kinds t2v i2v] [--rebuild] [--no_table]`."
+    import time
+    a = parse_command(ZooArgs, argv, prog='videorecipes-zoo')
     if not a.no_table:
         print(f"{'model':22} {'kind':5} {'dim':>5} {'heads':>5} {'layers':>6} {'ffn':>6} {'DiT params':>10}  hub id")
         for r in model_table():
@@ -309,3 +314,9 @@ def zoo_cli(argv=None):
         t0 = time.time()
         f = tiny_zoo(k, a.out, rebuild=a.rebuild)
         print(f"tiny {k}: {f}  ({folder_size(f)/1e6:.2f} MB, {time.time()-t0:.1f}s)")
+    return 0
+
+def zoo_main():
+    "Console entry point of `videorecipes-zoo`."
+    import sys
+    sys.exit(run_cli(zoo_cli, prog='videorecipes-zoo', errors=(ModelLoadError,)))

@@ -4,18 +4,20 @@
 
 # %% ../../nbs/12_data.loader.ipynb #bb639a79
 from __future__ import annotations
-import hashlib, json, math
+import collections, hashlib, json, math
 from dataclasses import dataclass
 from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import torch
 from torch.utils.data import Dataset, Sampler, DataLoader
+from ..config import ConfigError
 from .preprocess import list_shards, row_tensor
 
 # %% auto #0
-__all__ = ['LatentStats', 'normalize_latents', 'denormalize_latents', 'LatentDataset', 'ParallelSampler', 'cfg_dropped',
-           'load_empty_embedding', 'Collator', 'LatentLoader', 'dp_rank_and_size', 'build_loader']
+__all__ = ['LatentStats', 'normalize_latents', 'denormalize_latents', 'LatentDataset', 'check_dataset', 'PromptDataset',
+           'ParallelSampler', 'cfg_dropped', 'load_empty_embedding', 'Collator', 'LatentLoader', 'dp_rank_and_size',
+           'build_loader']
 
 # %% ../../nbs/12_data.loader.ipynb #aadba1b6
 @dataclass
@@ -60,14 +62,17 @@ def denormalize_latents(x:torch.Tensor, # normalised latents [C,T,H,W] or [B,C,T
     "The inverse of `normalize_latents`: what the VAE decodes."
     return x * _per_channel(stats.std, x) + _per_channel(stats.mean, x)
 
-# %% ../../nbs/12_data.loader.ipynb #d5133035
+# %% ../../nbs/12_data.loader.ipynb #cd12c1d8
 class LatentDataset(Dataset):
     "Map-style dataset over preprocessed Parquet shards; yields normalised latents and text embeddings."
+    columns = None   # the Parquet columns read (None: all)
     def __init__(self, path, # a preprocessed folder
                  latent_stats=None, # anything `LatentStats.load` takes (default: the folder's dataset_info.json)
                  media_type:str=None, # keep only 'video' or 'image' rows (default: all)
+                 num_latent_t:int=None, # keep only the first this many latent frames (FastVideo's --num_latent_t)
+                 cache_mb:float=1024, # decoded samples kept in memory, per process (0: none)
                 ):
-        self.path = Path(path)
+        self.path, self.num_latent_t, self.cache_bytes = Path(path), num_latent_t, int(cache_mb * 2**20)
         self.files = list_shards(self.path)
         if not self.files: raise FileNotFoundError(f"{self.path}: no Parquet shards (run `videorecipes-data preprocess` first)")
         f = self.path / 'dataset_info.json'
@@ -85,41 +90,82 @@ class LatentDataset(Dataset):
                 for k in range(md.row_group(g).num_rows):
                     if keep is None or keep[r] == media_type: self._rows.append((fi, g, k, r))
                     r += 1
-        self._open = None  # (file index, ParquetFile); the last row group read: ((file, group), rows)
-        self._group = None
+        self._reset()
+
+    def _reset(self):
+        "Per-process state: open files, the last row group read, the cache of decoded samples."
+        self._open, self._group, self._cache, self._cached_bytes = {}, None, collections.OrderedDict(), 0
 
     def __len__(self): return len(self._rows)
+    def __getstate__(self): return {**self.__dict__, '_open': {}, '_group': None, '_cache': collections.OrderedDict(), '_cached_bytes': 0}
 
-    def __getstate__(self): return {**self.__dict__, '_open': None, '_group': None}
+# %% ../../nbs/12_data.loader.ipynb #c11e21c5
+def _raw_row(self:LatentDataset, i:int) -> dict:
+    "Row `i` as stored (bytes, shapes and metadata)."
+    if not -len(self) <= i < len(self): raise IndexError(f"index {i} out of range for {len(self)} samples")
+    fi, g, k, _ = self._rows[i]
+    if self._group is None or self._group[0] != (fi, g):
+        if fi not in self._open: self._open[fi] = pq.ParquetFile(self.files[fi])
+        self._group = ((fi, g), self._open[fi].read_row_group(g, columns=self.columns).to_pylist())
+    return self._group[1][k]
 
-    def raw_row(self, i:int) -> dict:
-        "Row `i` as stored (bytes, shapes and metadata)."
-        if not -len(self) <= i < len(self): raise IndexError(f"index {i} out of range for {len(self)} samples")
-        fi, g, k, _ = self._rows[i]
-        if self._group is None or self._group[0] != (fi, g):
-            if self._open is None or self._open[0] != fi: self._open = (fi, pq.ParquetFile(self.files[fi]))
-            self._group = ((fi, g), self._open[1].read_row_group(g).to_pylist())
-        return self._group[1][k]
+def _decode(self:LatentDataset, r:dict) -> dict:
+    "The tensors (and a few strings) of stored row `r`: latents normalised, cropped to `num_latent_t`."
+    T = self.num_latent_t
+    lat = lambda name: normalize_latents(row_tensor(r, name).float()[:, :T], self.stats)
+    out = dict(id=r['id'], caption=r['caption'], media_type=r['media_type'], num_frames=r['num_frames'],
+               latents=lat('vae_latent'), text_embedding=row_tensor(r, 'text_embedding').float())
+    if self.kind == 'i2v': out.update(first_frame_latents=lat('first_frame_latent'), clip_features=row_tensor(r, 'clip_feature').float())
+    return out
 
-    def __getitem__(self, i:int) -> dict:
-        r = self.raw_row(i)
-        i = i % len(self)   # the dropout seed uses the index: -1 and len-1 are the same sample
-        out = dict(index=i, id=r['id'], caption=r['caption'], media_type=r['media_type'], num_frames=r['num_frames'],
-                   latents=normalize_latents(row_tensor(r, 'vae_latent').float(), self.stats),
-                   text_embedding=row_tensor(r, 'text_embedding').float())
-        if self.kind == 'i2v':
-            out['first_frame_latents'] = normalize_latents(row_tensor(r, 'first_frame_latent').float(), self.stats)
-            out['clip_features'] = row_tensor(r, 'clip_feature').float()
-        return out
+# %% ../../nbs/12_data.loader.ipynb #6fd44c60
+def _getitem(self:LatentDataset, i:int) -> dict:
+    i = i % len(self)   # the dropout seed uses the index: -1 and len-1 are the same sample
+    s = self._cache.get(i)
+    if s is None:
+        s = self._decode(self.raw_row(i))
+        n = sum(v.nbytes for v in s.values() if torch.is_tensor(v))
+        if n <= self.cache_bytes:
+            self._cache[i], self._cached_bytes = s, self._cached_bytes + n
+            while self._cached_bytes > self.cache_bytes:
+                _, old = self._cache.popitem(last=False)
+                self._cached_bytes -= sum(v.nbytes for v in old.values() if torch.is_tensor(v))
+    else: self._cache.move_to_end(i)
+    return dict(s, index=i)
 
-    def metadata(self):
-        "The scalar columns of every row (a pyarrow Table): id, file_name, caption, media_type, sizes, fps, shapes."
-        import pyarrow as pa
-        cols = ['id', 'file_name', 'caption', 'media_type', 'width', 'height', 'num_frames', 'duration_sec', 'fps',
-                'vae_latent_shape', 'text_embedding_shape']
-        t = pa.concat_tables([pq.read_table(f, columns=cols) for f in self.files])
-        offs = np.cumsum([0] + [pq.read_metadata(f).num_rows for f in self.files])
-        return t.take([int(offs[fi]) + r for fi, _, _, r in self._rows])
+def _metadata(self:LatentDataset):
+    "The scalar columns of every row (a pyarrow Table): id, file_name, caption, media_type, sizes, fps, shapes."
+    import pyarrow as pa
+    cols = ['id', 'file_name', 'caption', 'media_type', 'width', 'height', 'num_frames', 'duration_sec', 'fps',
+            'vae_latent_shape', 'text_embedding_shape']
+    t = pa.concat_tables([pq.read_table(f, columns=cols) for f in self.files])
+    offs = np.cumsum([0] + [pq.read_metadata(f).num_rows for f in self.files])
+    return t.take([int(offs[fi]) + r for fi, _, _, r in self._rows])
+
+LatentDataset.raw_row, LatentDataset._decode, LatentDataset.__getitem__, LatentDataset.metadata = _raw_row, _decode, _getitem, _metadata
+
+# %% ../../nbs/12_data.loader.ipynb #f3c9bf68
+def check_dataset(ds:LatentDataset, cfg):
+    "Refuse (a `ConfigError`, exit 2) data whose kind or clip shape is not what the flags say, naming the flags and the data's values."
+    where, t, info = f"--data_path {ds.path}", cfg.training, ds.info
+    if ds.kind != cfg.model.model_type: raise ConfigError(f"{where} holds {ds.kind} data but --model_type is {cfg.model.model_type}")
+    shape = info.get('latent_shape') or list(ds.raw_row(0)['vae_latent_shape'])
+    v = info.get('vae', {})
+    ft, fs = v.get('scale_factor_temporal', 4), v.get('scale_factor_spatial', 8)
+    want, have = [(t.num_frames - 1) // ft + 1, t.num_height // fs, t.num_width // fs], list(shape[1:4])
+    if want != have:
+        clip = f" (clips of {info['num_frames']}x{info['height']}x{info['width']} at preprocessing)" if 'num_frames' in info else ''
+        raise ConfigError(f"--num_frames {t.num_frames} --num_height {t.num_height} --num_width {t.num_width} expect latents of "
+                          f"{'x'.join(map(str, want))} (frames x height x width), but {where} holds {'x'.join(map(str, have))}{clip}: "
+                          "set the flags to the data's shape, or preprocess again")
+
+# %% ../../nbs/12_data.loader.ipynb #376d55c6
+class PromptDataset(LatentDataset):
+    "The captions and text embeddings of preprocessed shards, nothing else: the data of methods that roll out their own latents."
+    columns = ['id', 'caption', 'media_type', 'num_frames', 'text_embedding_bytes', 'text_embedding_shape', 'text_embedding_dtype']
+    def _decode(self, r):
+        return dict(id=r['id'], caption=r['caption'], media_type=r['media_type'], num_frames=r['num_frames'],
+                    text_embedding=row_tensor(r, 'text_embedding').float())
 
 # %% ../../nbs/12_data.loader.ipynb #2be821ed
 def _mix(*xs) -> int:
@@ -199,7 +245,7 @@ class Collator:
         self.text_max_length, self.cfg_rate, self.seed, self.epoch, self.empty = text_max_length, cfg_rate, seed, epoch, empty_embedding
 
     def __call__(self, samples:list[dict]) -> dict:
-        shapes = {tuple(s['latents'].shape) for s in samples}
+        shapes = {tuple(s['latents'].shape) for s in samples if 'latents' in s}
         if len(shapes) > 1:
             raise ValueError(f"samples of different latent shapes {sorted(shapes)} in one batch (ids {[s['id'] for s in samples]}); "
                              "use LatentDataset(..., media_type='video') to keep clips and images apart")
@@ -210,9 +256,9 @@ class Collator:
             e = s['text_embedding'] if not dropped[j] else (self.empty if self.empty is not None else s['text_embedding'][:0])
             e = e[:L]
             text[j, :len(e)], mask[j, :len(e)] = e, True
-        out = dict(latents=torch.stack([s['latents'] for s in samples]), text_embeddings=text, text_mask=mask, cfg_dropped=dropped,
-                   indices=torch.tensor([s['index'] for s in samples]), ids=[s['id'] for s in samples],
-                   captions=[s['caption'] for s in samples])
+        out = dict(text_embeddings=text, text_mask=mask, cfg_dropped=dropped, indices=torch.tensor([s['index'] for s in samples]),
+                   ids=[s['id'] for s in samples], captions=[s['caption'] for s in samples])
+        if 'latents' in samples[0]: out['latents'] = torch.stack([s['latents'] for s in samples])
         if 'first_frame_latents' in samples[0]:
             out['first_frame_latents'] = torch.stack([s['first_frame_latents'] for s in samples])
             out['clip_features'] = torch.stack([s['clip_features'] for s in samples])
@@ -266,10 +312,12 @@ def dp_rank_and_size(sp_size:int=1, # sequence-parallel degree: SP groups are bl
     if w % sp_size: raise ValueError(f"world size {w} is not a multiple of sp_size {sp_size}")
     return r // sp_size, w // sp_size
 
-def build_loader(cfg, # a `Config`: data.data_path, training.train_batch_size/seed, data.text_max_length/cfg_rate/dataloader_num_workers
-                 dp_rank:int=0, dp_size:int=1, epoch:int=0, latent_stats=None, media_type:str=None) -> LatentLoader:
+def build_loader(cfg, # a `Config`: data.data_path, training.train_batch_size/seed/num_latent_t, data.text_max_length/cfg_rate/dataloader_num_workers
+                 dp_rank:int=0, dp_size:int=1, epoch:int=0, latent_stats=None, media_type:str=None,
+                 dataset_cls=None, # default `LatentDataset`; `PromptDataset` for prompts only
+                ) -> LatentLoader:
     "The `LatentLoader` a recipe's flags describe."
-    if not cfg.data.data_path: raise ValueError("--data_path is not set (the folder written by videorecipes-data preprocess)")
-    ds = LatentDataset(cfg.data.data_path, latent_stats, media_type)
+    if not cfg.data.data_path: raise ConfigError("--data_path is not set (the folder written by videorecipes-data preprocess)")
+    ds = (dataset_cls or LatentDataset)(cfg.data.data_path, latent_stats, media_type, cfg.training.num_latent_t, cfg.data.dataloader_cache_mb)
     return LatentLoader(ds, cfg.training.train_batch_size, dp_rank, dp_size, cfg.training.seed, epoch, cfg.data.dataloader_num_workers,
                         cfg.data.text_max_length, cfg.data.cfg_rate)

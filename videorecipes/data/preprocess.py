@@ -15,52 +15,17 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 from tqdm.auto import tqdm
-from ..config import arg, require, register_group, parse_args, ConfigError
+from ..config import parse_args, parse_command, run_cli, run_subcommands, arg, require, REQUIRED, ConfigError, PreprocessArgs
 from ..videoio import atomic_path
 from ..zoo import load_components, pipeline_kind, resolve_model_path, ModelLoadError
 from .video import (SampleError, DatasetError, MediaEntry, read_merged_dataset, hf_entries, load_clip,
                                      SAMPLING, REASONS)
 
 # %% auto #0
-__all__ = ['SHARD_META_KEY', 'PreprocessArgs', 'tensor_to_bytes', 'bytes_to_tensor', 'parquet_schema', 'row_tensor', 'Encoders',
-           'shard_name', 'list_shards', 'shard_meta', 'write_shard', 'shard_is_complete', 'vae_info', 'dataset_info',
+__all__ = ['SHARD_META_KEY', 'tensor_to_bytes', 'bytes_to_tensor', 'parquet_schema', 'row_tensor', 'Encoders', 'shard_name',
+           'list_shards', 'shard_meta', 'write_shard', 'shard_is_complete', 'vae_info', 'dataset_info',
            'prepare_output', 'load_entries', 'output_dir', 'preprocess_dataset', 'summarize', 'validate_dataset',
-           'preprocess_cli', 'validate_cli', 'data_cli', 'data_main']
-
-# %% ../../nbs/11_data.preprocess.ipynb #64f48e66
-_PRECISIONS = ('fp32', 'bf16', 'fp16')
-
-@dataclass
-class PreprocessArgs:
-    "Turning videos into latent shards (`videorecipes-data preprocess`)."
-    data_merge_path: Optional[str] = arg(None, "Merged dataset: a folder with videos/ and videos2caption.json, or the JSON file")
-    dataset_path: Optional[str] = arg(None, "Hugging Face dataset instead: a local dataset folder or a hub name")
-    hf_video_column: str = arg('video', "Column of videos (paths or bytes) in --dataset_path")
-    hf_caption_column: str = arg('caption', "Column of captions in --dataset_path")
-    hf_split: str = arg('train', "Split of --dataset_path")
-    preprocess_output_dir: Optional[str] = arg(None, "Folder for the Parquet shards (None: --data_path)")
-    preprocess_video_batch_size: int = arg(2, "Clips per VAE / text-encoder batch")
-    samples_per_file: int = arg(64, "Inputs per Parquet shard (a shard has fewer rows when some of its inputs fail)")
-    train_fps: Optional[float] = arg(16.0, "Frame rate clips are resampled to (None: each video's own)")
-    frame_sampling: str = arg('head', "Which frames make the clip: the first ones, or spread over the video", choices=SAMPLING)
-    vae_precision: str = arg('fp32', "VAE precision while encoding (latents are stored in fp32)", choices=_PRECISIONS)
-    text_precision: str = arg('bf16', "Text-encoder precision (embeddings are stored in it)", choices=_PRECISIONS)
-    image_precision: str = arg('fp32', "CLIP image-encoder precision (I2V)", choices=_PRECISIONS)
-    preprocess_num_workers: int = arg(2, "Threads decoding videos ahead of the encoders (0: decode inline)")
-    preprocess_max_shards: Optional[int] = arg(None, "Stop after writing this many new shards per rank (resume later)")
-    preprocess_overwrite: bool = arg(False, "Delete the output of an earlier run made with other settings instead of refusing")
-    preprocess_device: Optional[str] = arg(None, "Device for the encoders (None: cuda:LOCAL_RANK if available, else cpu)")
-
-    def validate(self, cfg):
-        require(not (self.data_merge_path and self.dataset_path), "give --data_merge_path or --dataset_path, not both")
-        require(self.preprocess_video_batch_size >= 1, f"--preprocess_video_batch_size must be ≥ 1, got {self.preprocess_video_batch_size}")
-        require(self.samples_per_file >= 1, f"--samples_per_file must be ≥ 1, got {self.samples_per_file}")
-        require(self.train_fps is None or self.train_fps > 0, f"--train_fps must be > 0 or None, got {self.train_fps}")
-        require(self.preprocess_num_workers >= 0, f"--preprocess_num_workers must be ≥ 0, got {self.preprocess_num_workers}")
-        require(self.preprocess_max_shards is None or self.preprocess_max_shards >= 1,
-                f"--preprocess_max_shards must be ≥ 1 or None, got {self.preprocess_max_shards}")
-
-register_group('preprocess', PreprocessArgs)
+           'preprocess_cli', 'ValidateArgs', 'validate_cli', 'data_cli', 'data_main']
 
 # %% ../../nbs/11_data.preprocess.ipynb #da44d689
 _TORCH_DTYPES = {'float32': torch.float32, 'float16': torch.float16, 'bfloat16': torch.bfloat16, 'float64': torch.float64,
@@ -469,7 +434,7 @@ def validate_dataset(folder, # a preprocessed folder
                 text_dim=sorted(dims), text_tokens=dict(min=min(lengths), mean=round(float(np.mean(lengths)), 1), max=max(lengths)) if lengths else None,
                 clip_feature_shape=[list(c) for c in sorted(clip_shapes)], size_mb=round(nbytes / 1e6, 3), problems=problems)
 
-# %% ../../nbs/11_data.preprocess.ipynb #ee879d94
+# %% ../../nbs/11_data.preprocess.ipynb #afd5e89d
 def _dist_setup():
     "(rank, world_size, barrier) from torchrun's environment, joining a gloo group when there are several ranks."
     rank, world = int(os.environ.get('RANK', 0)), int(os.environ.get('WORLD_SIZE', 1))
@@ -480,13 +445,10 @@ def _dist_setup():
 
 def preprocess_cli(argv=None) -> int:
     "`videorecipes-data preprocess`: preprocess this rank's share; rank 0 merges the report. Returns the exit code."
-    try: cfg = parse_args(argv)
-    except ConfigError as e: print(f"error: {e}", file=sys.stderr); return 2
+    cfg = parse_args(argv, prog='videorecipes-data preprocess')
     rank, world, barrier, close = _dist_setup()
     try:
-        try: res = preprocess_dataset(cfg, rank, world, progress=rank == 0, barrier=barrier if world > 1 else None)
-        except (ConfigError, DatasetError, ModelLoadError) as e:  # the same on every rank: all of them stop here
-            print(f"error: {e}", file=sys.stderr); return 2
+        res = preprocess_dataset(cfg, rank, world, progress=rank == 0, barrier=barrier if world > 1 else None)
         t = res['timings']
         print(f"[rank {rank}] {res['entries']} entries: {res['shards_written']} shards written, {res['shards_resumed']} already done, "
               f"{res['shards_left']} left; time decode {t['decode']:.1f}s vae {t['vae']:.1f}s text {t['text']:.1f}s "
@@ -503,13 +465,20 @@ def preprocess_cli(argv=None) -> int:
         return 0
     finally: close()
 
+# %% ../../nbs/11_data.preprocess.ipynb #a04f932b
+@dataclass
+class ValidateArgs:
+    "Check a preprocessed folder and print its summary."
+    folder: str = arg(REQUIRED, "The preprocessed folder", positional=True)
+    num_frames: Optional[int] = arg(None, "Expected frames per clip")
+    num_height: Optional[int] = arg(None, "Expected height")
+    num_width: Optional[int] = arg(None, "Expected width")
+    text_max_length: Optional[int] = arg(None, "Expected text length")
+    model_type: Optional[str] = arg(None, "Expected kind", choices=('t2v', 'i2v'))
+
 def validate_cli(argv=None) -> int:
-    "`videorecipes-data validate`: check a preprocessed folder and print its summary."
-    ap = argparse.ArgumentParser(prog='videorecipes-data validate', description=validate_dataset.__doc__)
-    ap.add_argument('folder')
-    for k in ('num_frames', 'num_height', 'num_width', 'text_max_length'): ap.add_argument(f'--{k}', type=int, default=None)
-    ap.add_argument('--model_type', choices=['t2v', 'i2v'], default=None)
-    a = ap.parse_args(argv)
+    "`videorecipes-data validate FOLDER [--num_frames ...]`: exit 1 when the folder has a problem."
+    a = parse_command(ValidateArgs, argv, prog='videorecipes-data validate')
     s = validate_dataset(a.folder, a.num_frames, a.num_height, a.num_width, a.model_type, a.text_max_length)
     for k, v in s.items():
         if k != 'problems': print(f"{k:18} {v}")
@@ -518,14 +487,10 @@ def validate_cli(argv=None) -> int:
     return 1 if s['problems'] else 0
 
 def data_cli(argv=None) -> int:
-    "`videorecipes-data preprocess|validate|create ...`"
+    "`videorecipes-data preprocess|validate|create ...`; a mistake the user can fix exits with 2 and one line naming it."
     from videorecipes.synthetic import synthetic_cli
-    argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
-    cmds = dict(preprocess=preprocess_cli, validate=validate_cli, create=lambda a: synthetic_cli(a) or 0)
-    if not argv or argv[0] not in cmds:
-        print("usage: videorecipes-data {preprocess,validate,create} [flags]  (--help after a subcommand for its flags)", file=sys.stderr)
-        return 2
-    return cmds[argv[0]](argv[1:])
+    cmds = dict(preprocess=preprocess_cli, validate=validate_cli, create=synthetic_cli)
+    return run_subcommands('videorecipes-data', cmds, argv, errors=(DatasetError, ModelLoadError, FileNotFoundError))
 
 def data_main():
     "Console entry point of `videorecipes-data`."

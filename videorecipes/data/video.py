@@ -14,6 +14,7 @@ from av.video.reformatter import VideoReformatter
 from PIL import Image
 from tqdm.auto import tqdm
 from ..videoio import atomic_path, probe_video, VideoReadError
+from ..config import FRAME_SAMPLING
 
 # %% auto #0
 __all__ = ['REASONS', 'IMAGE_EXTS', 'VIDEO_EXTS', 'SAMPLING', 'SampleError', 'DatasetError', 'MediaEntry', 'media_type_of',
@@ -246,7 +247,7 @@ def hf_entries(dataset, # a `datasets.Dataset`/`DatasetDict`, a local dataset fo
     return entries, problems
 
 # %% ../../nbs/10_data.video.ipynb #99981e71
-SAMPLING = ('head', 'uniform')
+SAMPLING = FRAME_SAMPLING   # ('head', 'uniform'), declared with the --frame_sampling flag
 
 def frame_indices(num_src:int, # frames in the source video
                   src_fps:float, # its frame rate

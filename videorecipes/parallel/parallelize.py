@@ -8,28 +8,13 @@ import functools
 from dataclasses import dataclass
 import torch
 import torch.distributed as dist
-from ..config import arg, require, register_group, ConfigError
+from ..config import ConfigError, EngineArgs
 from .mesh import ParallelDims, sp_group, tp_mesh, fsdp_mesh, is_main
-from .attention import set_attention, enable_sequence_parallel, ATTENTION_BACKENDS
+from .attention import set_attention, enable_sequence_parallel, get_attention_backend, backend_parameters
 
 # %% auto #0
-__all__ = ['EngineArgs', 'apply_tp', 'apply_ac', 'apply_compile', 'apply_fsdp', 'parallelize_wan', 'shard_frozen',
-           'full_state_dict', 'export_transformer']
-
-# %% ../../nbs/22_parallel.parallelize.ipynb #4b08e73b
-@dataclass
-class EngineArgs:
-    "How the parallel engine wraps the DiT."
-    attention_backend: str = arg('sdpa', "Attention implementation (a name registered in videorecipes.parallel.attention)")
-    compile_blocks: bool = arg(False, "torch.compile each transformer block")
-    fsdp_cpu_offload: bool = arg(False, "Keep FSDP parameter shards, gradients and optimizer states in CPU memory")
-    fsdp_reshard_after_forward: bool = arg(True, "Free gathered block weights after forward (re-gather in backward); False trades memory for speed")
-
-    def validate(self, cfg):
-        require(self.attention_backend in ATTENTION_BACKENDS, f"--attention_backend {self.attention_backend!r} is not registered; "
-                f"available: {sorted(ATTENTION_BACKENDS)}")
-
-register_group('engine', EngineArgs)
+__all__ = ['apply_tp', 'checkpointed_blocks', 'apply_ac', 'apply_compile', 'apply_fsdp', 'parallelize_wan', 'shard_frozen',
+           'full_state_dict', 'backend_state_dict', 'export_transformer']
 
 # %% ../../nbs/22_parallel.parallelize.ipynb #30347d2a
 def _tp_plan(block) -> dict:
@@ -60,23 +45,44 @@ def apply_tp(dit, mesh, # the 1-D `tp` mesh
                     norm.weight = torch.nn.Parameter(distribute_tensor(norm.weight.data, mesh, [Shard(0)]), requires_grad=norm.weight.requires_grad)
     return dit
 
-# %% ../../nbs/22_parallel.parallelize.ipynb #d7182b8f
-def apply_ac(dit, mode:str|None='full', # None/'none': off; 'full': checkpoint blocks
-             every_n:int=1, # checkpoint every n-th block (1: all)
+# %% ../../nbs/22_parallel.parallelize.ipynb #83c3836c
+def _sac_policy():
+    "The `ops` policy: save the outputs of matmuls and attention kernels, recompute everything else."
+    from torch.utils.checkpoint import CheckpointPolicy
+    aten = torch.ops.aten
+    names = ['mm', 'addmm', 'bmm', 'baddbmm', '_scaled_dot_product_flash_attention', '_scaled_dot_product_efficient_attention',
+             '_scaled_dot_product_cudnn_attention', '_scaled_dot_product_flash_attention_for_cpu']
+    keep = {getattr(aten, n).default for n in names if hasattr(aten, n)}
+    def policy(ctx, op, *args, **kwargs): return CheckpointPolicy.MUST_SAVE if op in keep else CheckpointPolicy.PREFER_RECOMPUTE
+    return policy
+
+def checkpointed_blocks(n_blocks:int, mode:str|None, every_n:int=1, skip_last:int=1) -> list[int]:
+    "Indices of the blocks that `mode` checkpoints."
+    if mode in (None, 'none'): return []
+    if mode == 'full': return list(range(0, n_blocks, every_n))
+    if mode == 'block_skip': return list(range(max(n_blocks - skip_last, 0)))
+    if mode == 'ops': return list(range(n_blocks))
+    raise ConfigError(f"--enable_gradient_checkpointing_type must be full, ops or block_skip, got {mode!r}")
+
+# %% ../../nbs/22_parallel.parallelize.ipynb #23246ea7
+def apply_ac(dit, mode:str|None='full', # None/'none', 'full', 'block_skip' or 'ops'
+             every_n:int=1, # full: checkpoint every n-th block
+             skip_last:int=1, # block_skip: leave the last this many blocks unchecked
             ):
-    "Recompute the activations of every n-th block in backward instead of storing them."
-    from torch.utils.checkpoint import checkpoint
-    if mode in (None, 'none'):
-        dit.disable_gradient_checkpointing() if dit.gradient_checkpointing else None
-        return dit
-    if mode != 'full': raise ConfigError(f"--enable_gradient_checkpointing_type {mode!r} is not implemented; use 'full' (with --gradient_checkpointing_every_n)")
+    "Recompute (some of) the activations of the chosen blocks in backward instead of storing them."
+    from torch.utils.checkpoint import checkpoint, create_selective_checkpoint_contexts, noop_context_fn
     if every_n < 1: raise ConfigError(f"--gradient_checkpointing_every_n must be ≥ 1, got {every_n}")
-    chosen = {id(b) for i, b in enumerate(dit.blocks) if i % every_n == 0}
+    chosen = {id(dit.blocks[i]) for i in checkpointed_blocks(len(dit.blocks), mode, every_n, skip_last)}
+    if not chosen:
+        if dit.gradient_checkpointing: dit.disable_gradient_checkpointing()
+        dit._vr_ac = (mode, 0)
+        return dit
+    ctx_fn = functools.partial(create_selective_checkpoint_contexts, _sac_policy()) if mode == 'ops' else noop_context_fn
     def ckpt(block, *args):
-        if id(block) in chosen: return checkpoint(block, *args, use_reentrant=False)
+        if id(block) in chosen: return checkpoint(block, *args, use_reentrant=False, context_fn=ctx_fn)
         return block(*args)
     dit.enable_gradient_checkpointing(gradient_checkpointing_func=ckpt)
-    dit._vr_ac = (mode, every_n, len(chosen))
+    dit._vr_ac = (mode, len(chosen))
     return dit
 
 # %% ../../nbs/22_parallel.parallelize.ipynb #f5077d17
@@ -106,22 +112,27 @@ def apply_fsdp(dit, mesh, # `parallel.mesh.fsdp_mesh(dims)`
             if isinstance(m, FSDPModule): m.set_gradient_divide_factor(float(divide_factor))
     return dit
 
-# %% ../../nbs/22_parallel.parallelize.ipynb #682c8536
+# %% ../../nbs/22_parallel.parallelize.ipynb #3f623bad
+def _needs_processor(dit, backend, spg, tpg) -> bool:
+    "Our processor runs when something needs it: SP, TP, a backend other than dense SDPA, or an I2V model (see the context split)."
+    return spg is not None or tpg is not None or backend != 'sdpa' or dit.config.get('image_dim') is not None
+
 def parallelize_wan(dit, # a WanTransformer3DModel (on its device, trainable parameters set)
                     dims:ParallelDims, # with `build_mesh` done (or world 1)
                     cfg=None, # a `Config`: memory, engine and precision flags (None: defaults below)
                     trainable:bool=True, # False: a frozen encoder/teacher: no mixed-precision policy, no checkpointing
                    ):
-    "TP → activation checkpointing → compile → FSDP2 (per block, then root). Returns `dit` (wrapped in place)."
+    "TP → attention (SP, backend, context) → activation checkpointing → compile → FSDP2 (per block, then root). Returns `dit`."
     dims.check_model(dit.config)
     e = cfg.engine if cfg is not None else EngineArgs()
     mem = cfg.memory if cfg is not None else None
     tpm, spg = tp_mesh(dims), sp_group(dims)
     tpg = tpm.get_group() if tpm is not None else None
     if tpm is not None: apply_tp(dit, tpm)
-    if spg is not None: dit._vr_sp = enable_sequence_parallel(dit, spg, e.attention_backend, tpg)
-    elif tpg is not None or e.attention_backend != 'sdpa': set_attention(dit, e.attention_backend, None, tpg)
-    if trainable and mem is not None: apply_ac(dit, mem.enable_gradient_checkpointing_type, mem.gradient_checkpointing_every_n)
+    if spg is not None: enable_sequence_parallel(dit, spg, e.attention_backend, tpg)
+    elif _needs_processor(dit, e.attention_backend, spg, tpg): set_attention(dit, e.attention_backend, None, tpg)
+    if trainable and mem is not None:
+        apply_ac(dit, mem.enable_gradient_checkpointing_type, mem.gradient_checkpointing_every_n, mem.gradient_checkpointing_skip_last)
     if e.compile_blocks: apply_compile(dit)
     fm = fsdp_mesh(dims)
     if e.fsdp_cpu_offload and not torch.cuda.is_available():
@@ -133,6 +144,7 @@ def parallelize_wan(dit, # a WanTransformer3DModel (on its device, trainable par
                    reshard_after_forward=e.fsdp_reshard_after_forward)
     return dit
 
+# %% ../../nbs/22_parallel.parallelize.ipynb #baa0b065
 def shard_frozen(module, # a frozen network: a DiT teacher, the UMT5 encoder, ...
                  dims:ParallelDims, blocks_attr:str=None, # its list of blocks (e.g. 'blocks', 'encoder.block'); None: the root only
                 ):
@@ -147,7 +159,7 @@ def shard_frozen(module, # a frozen network: a DiT teacher, the UMT5 encoder, ..
     fully_shard(module, mesh=fm)
     return module
 
-# %% ../../nbs/22_parallel.parallelize.ipynb #536198cc
+# %% ../../nbs/22_parallel.parallelize.ipynb #ad60a4d2
 def full_state_dict(module, trainable_only:bool=False, # only parameters with requires_grad
                    ) -> dict:
     "Unsharded CPU tensors of `module` on rank 0 ({} on other ranks); plain `state_dict` in one process."
@@ -162,13 +174,22 @@ def full_state_dict(module, trainable_only:bool=False, # only parameters with re
     sd = {k: (v.full_tensor() if isinstance(v, DTensor) else v) for k, v in sd.items()}
     return sd if is_main() else {}
 
+def backend_state_dict(dit) -> dict:
+    "The attention backend's own parameters as whole CPU tensors (a collective under FSDP: every rank calls it)."
+    from torch.distributed.tensor import DTensor
+    return {k: (p.full_tensor() if isinstance(p, DTensor) else p).detach().cpu() for k, p in backend_parameters(dit).items()}
+
 def export_transformer(dit, # a (possibly sharded) WanTransformer3DModel
                       ):
-    "A plain CPU `WanTransformer3DModel` with `dit`'s full weights on rank 0 (None elsewhere); `dit` itself in one process."
-    if not (dist.is_available() and dist.is_initialized()): return dit
-    sd = full_state_dict(dit)
-    if not is_main(): return None
+    "A plain `WanTransformer3DModel` with `dit`'s full weights on rank 0 (None elsewhere), without backend parameters."
+    extra = set(backend_parameters(dit))
+    if not (dist.is_available() and dist.is_initialized()):
+        if not extra: return dit
+        sd = {k: v.detach() for k, v in dit.state_dict().items()}
+    else:
+        sd = full_state_dict(dit)
+        if not is_main(): return None
     from diffusers import WanTransformer3DModel
     with torch.device('meta'): plain = WanTransformer3DModel.from_config(dict(dit.config))
-    plain.load_state_dict(sd, assign=True, strict=True)
+    plain.load_state_dict({k: v for k, v in sd.items() if k not in extra}, assign=True, strict=True)
     return plain

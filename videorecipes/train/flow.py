@@ -100,7 +100,7 @@ def flow_matching_loss(dit, batch:dict,
                        scheme:str='uniform', shift:float=3.0, min_timestep:int=0, max_timestep:int=1000,
                        device=None, # where to run (default: the DiT's device)
                       ) -> tuple[torch.Tensor, dict]:
-    "(loss, info) of one batch: info has `sigma` [B] and the per-sample `losses` [B]."
+    "(loss, info) of one batch: info has `sigma` [B], the per-sample `losses` [B], the prediction `pred` and the `noisy` input."
     dev = device or next(dit.parameters()).device
     x = batch['latents'].to(dev, torch.float32)
     if isinstance(generator, (list, tuple)):
@@ -113,4 +113,4 @@ def flow_matching_loss(dit, batch:dict,
     noisy = add_noise(x, noise, sigma.to(dev))
     pred = dit_forward(dit, batch, noisy, sigma.to(dev))
     per = (pred.float() - flow_target(x, noise)).pow(2).flatten(1).mean(1)
-    return per.mean(), dict(sigma=sigma, losses=per.detach())
+    return per.mean(), dict(sigma=sigma, losses=per.detach(), pred=pred, noisy=noisy)
