@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""The selective-finetuning efficacy experiment on the tiny zoo (nbs/44_train.selective.ipynb, issue 7).
+"""The selective-finetuning efficacy experiment on the tiny zoo (nbs/48_train.selective.ipynb, issue 7).
 
 A base DiT is full-finetuned on colour clips that never show concept A's or concept B's background colour.
 Then, for each of three methods, concept A is trained in stage 1 and concept B in stage 2, starting from stage 1's

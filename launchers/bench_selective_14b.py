@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""GPU memory and speed of selective finetuning with block swapping (issue 7; nbs/44, nbs/45).
+"""GPU memory and speed of selective finetuning with block swapping (issue 7; nbs/48, nbs/49).
 
 The Wan2.1-T2V-14B architecture with random weights in bf16 in CPU memory, --ff 0.001, --blocks_to_swap 39,
 gradient checkpointing, bf16 autocast, AdamW over the fp32 slice: prints the selection summary, the memory

@@ -204,3 +204,55 @@ def test_checkpointing_policies_train_the_same(data, tmp_path):
         extra = [] if mode == 'none' else ['--enable_gradient_checkpointing_type', mode]
         runs[mode] = train(parse_args(flags(data, tmp_path / mode, '--max_train_steps', 3, '--checkpointing_steps', 10, *extra)), progress=False).losses
     assert runs['full'] == runs['none'] and runs['ops'] == runs['none'] and runs['block_skip'] == runs['none']
+
+
+ORDER_FWD = textwrap.dedent("""
+    import sys, math, torch
+    from videorecipes.config import parse_args
+    from videorecipes.zoo import load_transformer
+    from videorecipes.parallel.mesh import ParallelDims, init_distributed, build_mesh, close_distributed
+    from videorecipes.parallel.parallelize import parallelize_wan
+    from videorecipes.parallel.attention import AttentionBackend, sdpa_attention, register_attention_backend
+    class Backwards(AttentionBackend):   # wants the tokens in reverse raster order
+        def token_order(self, grid): return torch.arange(math.prod(grid) - 1, -1, -1)
+        def __call__(self, q, k, v, key_mask=None, ctx=None): return sdpa_attention(q, k, v, key_mask)
+    register_attention_backend('backwards_test', Backwards)
+    rank, world = init_distributed()
+    cfg = parse_args(['--num_gpus', '2', '--sp_size', '2', '--mixed_precision', 'no', '--attention_backend', 'backwards_test'])
+    dims = ParallelDims.from_config(cfg, world); build_mesh(dims)
+    dit = parallelize_wan(load_transformer(sys.argv[1], dtype='fp32').eval(), dims, cfg)
+    torch.manual_seed(0)   # 27 tokens: SP pads after reordering
+    x, txt = torch.randn(1, 16, 3, 6, 6), torch.randn(1, 32, dit.config.text_dim)
+    with torch.no_grad(): out = dit(x, torch.tensor([400.]), txt, return_dict=False)[0]
+    if rank == 0: torch.save(out, sys.argv[2])
+    close_distributed()
+""")
+
+
+@pytest.mark.multiproc
+def test_backend_token_order_under_sequence_parallel(tmp_path):
+    "A backend that reorders the tokens, under SP 2 (each rank a chunk of the reordered sequence, padded): the output is one process's dense one."
+    from videorecipes.zoo import tiny_zoo, load_transformer
+    zoo = tiny_zoo('t2v')
+    script = tmp_path / 'order.py'; script.write_text(ORDER_FWD)
+    cmd = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', '2', str(script), str(zoo), str(tmp_path / 'o.pt')]
+    p = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-3000:]
+    t = load_transformer(zoo, dtype='fp32').eval()
+    torch.manual_seed(0)
+    x, txt = torch.randn(1, 16, 3, 6, 6), torch.randn(1, 32, t.config.text_dim)
+    with torch.no_grad(): ref = t(x, torch.tensor([400.]), txt, return_dict=False)[0]
+    out = torch.load(tmp_path / 'o.pt')
+    assert torch.allclose(out, ref, atol=1e-5), (out - ref).abs().max().item()
+
+
+def test_num_latent_t_crops_what_the_dit_sees(data, tmp_path):
+    "--num_latent_t 2 on 3-latent-frame data: the DiT trains on the first 2 latent frames."
+    from videorecipes.train.full import FullFinetune
+    seen = []
+    class Spy(FullFinetune):
+        def loss(self, batch, step, micro=0):
+            seen.append(tuple(batch['latents'].shape)); return super().loss(batch, step, micro)
+    cfg = parse_args(flags(data, tmp_path / 'lt', '--num_latent_t', 2, '--max_train_steps', 2))
+    train(cfg, Spy(cfg), progress=False)
+    assert seen == [(1, 16, 2, 6, 6)] * 2

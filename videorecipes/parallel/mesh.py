@@ -130,36 +130,43 @@ def fsdp_mesh(dims:ParallelDims):
     return dims.mesh['dp_replicate', 'dp_shard_sp'] if dims.hsdp else dims.mesh['dp_shard_sp']
 
 # %% ../../nbs/20_parallel.mesh.ipynb #89d70a4f
-def _copies(t, world):
+def _local_grads(params, world) -> dict:
+    "copies -> this rank's gradient tensors (the local shards of DTensors), for the parameters that have a gradient."
     from torch.distributed.tensor import DTensor, Shard
-    if not isinstance(t, DTensor): return world
-    sharded = math.prod(t.device_mesh.size(i) for i, p in enumerate(t.placements) if isinstance(p, Shard))
-    return world // sharded
+    out = {}
+    for p in params:
+        g = p.grad
+        if g is None: continue
+        if isinstance(g, DTensor):
+            sharded = math.prod(g.device_mesh.size(i) for i, pl in enumerate(g.placements) if isinstance(pl, Shard))
+            out.setdefault(world // sharded, []).append(g.to_local())
+        else: out.setdefault(world, []).append(g)
+    return out
 
-def grad_norm(params, # parameters (plain tensors or DTensors)
-             ) -> torch.Tensor:
-    "The global L2 norm of the gradients, identical on every rank (a 0-d fp32 tensor on the gradients' device)."
-    from torch.distributed.tensor import DTensor
-    world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
-    grads = [p.grad for p in params if p.grad is not None]
-    if not grads: return torch.zeros(())
-    dev = (grads[0].to_local() if isinstance(grads[0], DTensor) else grads[0]).device
+def _norm(groups, world) -> torch.Tensor:
+    if not groups: return torch.zeros(())
+    dev = next(iter(groups.values()))[0].device
     sq = torch.zeros((), dtype=torch.float64, device=dev)
-    for g in grads:
-        loc = g.to_local() if isinstance(g, DTensor) else g
-        sq = sq + loc.detach().double().pow(2).sum() / _copies(g, world)
+    for copies, gs in groups.items():   # each element counted once: shards of one tensor are summed, replicas divided out
+        sq = sq + torch.stack(torch._foreach_norm(gs)).double().pow(2).sum() / copies
     if world > 1: dist.all_reduce(sq)
     return sq.sqrt().float()
 
+def grad_norm(params, # parameters (plain tensors or DTensors)
+             ) -> torch.Tensor:
+    "The global L2 norm of the gradients, identical on every rank (a 0-d fp32 tensor on the gradients' device); no host sync."
+    world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+    return _norm(_local_grads(params, world), world)
+
 def clip_grad_norm(params, max_norm:float, # no clipping when ≤ 0 or inf
                   ) -> torch.Tensor:
-    "Clip the gradients to a global norm of `max_norm` (scaling each local shard); return the norm before clipping."
-    params = list(params)
-    n = grad_norm(params)
-    if max_norm > 0 and math.isfinite(max_norm) and torch.isfinite(n):
-        coef = (max_norm / (n + 1e-6)).clamp(max=1.0)
-        for p in params:
-            if p.grad is not None: p.grad.mul_(coef.to(p.grad.device))
+    "Clip the gradients to a global norm of `max_norm` (scaling each local shard, on the device); return the norm before clipping."
+    world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+    groups = _local_grads(params, world)
+    n = _norm(groups, world)
+    if max_norm > 0 and math.isfinite(max_norm) and groups:
+        coef = torch.where(torch.isfinite(n), (max_norm / (n + 1e-6)).clamp(max=1.0), torch.ones_like(n))   # (a NaN norm: the loop stops)
+        for gs in groups.values(): torch._foreach_mul_(gs, coef.to(gs[0].device))
     return n
 
 # %% ../../nbs/20_parallel.mesh.ipynb #01d139b2

@@ -184,6 +184,7 @@ class MetricsLog:
         if self.path.exists():   # keep only what the resumed run did not redo
             keep = [l for l in self.path.read_text().splitlines() if l.strip() and json.loads(l).get('step', 0) <= resume_step]
             with atomic_path(self.path) as tmp: tmp.write_text(''.join(l + '\n' for l in keep))
+        self._f = open(self.path, 'a', buffering=1)   # line-buffered: every record is on disk when `log` returns
         self.tb = None
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
@@ -191,7 +192,7 @@ class MetricsLog:
 
     def log(self, step:int, **scalars):
         rec = dict(step=step, **scalars)
-        with open(self.path, 'a') as f: f.write(json.dumps(rec) + '\n')
+        self._f.write(json.dumps(rec) + '\n')
         if self.tb is not None:
             for k, v in scalars.items():
                 if isinstance(v, (int, float)) and not isinstance(v, bool): self.tb.add_scalar(f'train/{k}', v, step)
@@ -201,6 +202,7 @@ class MetricsLog:
         if self.tb is not None: self.tb.add_image(tag, img, step, dataformats='HWC')
 
     def close(self):
+        self._f.close()
         if self.tb is not None: self.tb.close()
 
 def read_metrics(output_dir) -> list[dict]:
