@@ -2,7 +2,7 @@
 # The whole test suite (README command 2; .ci/run calls it). Sets itself up, then:
 #   1. checks that nbdev_export and nbdev_clean leave the tree unchanged (notebooks are the source of truth),
 #   2. runs every notebook with nbdev_test (cells flagged `slow` included; `cuda`/`multigpu` cells skipped),
-#   3. runs pytest on tests/ (its summary is the last line).
+#   3. runs pytest on tests/ in two workers, a test file per worker at a time (its summary is the last line).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VIDEORECIPES_EXTRA=dev source launchers/setup_env.sh
@@ -22,4 +22,4 @@ fi
 echo "[tests] nbdev_export and nbdev_clean leave the tree unchanged"
 nbdev_test --n_workers 2 --flags slow --timing
 echo "[tests] notebooks passed in $(( $(date +%s) - t0 ))s"
-python -m pytest tests/ -q -p no:cacheprovider
+python -m pytest tests/ -q -p no:cacheprovider -n "${PYTEST_WORKERS:-2}" --dist loadfile
