@@ -11,7 +11,7 @@ __all__ = ['REQUIRED', 'FRAME_SAMPLING', 'SELECTIVE_KINDS', 'PLUGINS', 'ConfigEr
            'parse_command', 'run_cli', 'run_subcommands']
 
 # %% ../nbs/00_config.ipynb #8d9a7456
-import argparse, copy, dataclasses, difflib, json, math, os, sys, tempfile, types
+import argparse, copy, dataclasses, difflib, errno, json, math, os, sys, tempfile, types
 from dataclasses import dataclass, field, fields, MISSING
 from pathlib import Path
 from typing import Any, Optional, Union, get_args, get_origin, get_type_hints
@@ -291,6 +291,7 @@ class TrainerArgs:
     log_every: int = arg(1, "Write metrics every this many steps (the loop reads values back from the device only then)")
     lora_save_comfy: bool = arg(False, "LoRA: also write the adapter in the original-Wan / ComfyUI key layout")
     validation_fps: float = arg(8.0, "Frame rate of the validation mp4 files")
+    overwrite: bool = arg(False, "Start over in an --output_dir that holds an earlier run (its checkpoints, final/, metrics and logs are deleted)")
 
     def validate(self, cfg):
         require(self.log_every >= 1, f"--log_every must be ≥ 1, got {self.log_every}")
@@ -799,6 +800,10 @@ def run_cli(fn, # fn(argv) -> exit code (None counts as 0)
     try: r = fn(sys.argv[1:] if argv is None else [str(a) for a in argv])
     except (ConfigError, *errors) as e:
         print(f"{prog}: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        if e.errno != errno.ENOSPC: raise
+        print(f"{prog}: error: no space left on device" + (f" (writing {e.filename})" if e.filename else ''), file=sys.stderr)
         return 2
     return r if isinstance(r, int) and not isinstance(r, bool) else 0
 

@@ -4,44 +4,89 @@
 
 # %% ../nbs/01_videoio.ipynb #0e52b362
 from __future__ import annotations
-import os, shutil, tempfile, contextlib
+import glob, os, shutil, tempfile, contextlib
 from pathlib import Path
 from fractions import Fraction
 import numpy as np
 import av
 
 # %% auto #0
-__all__ = ['atomic_path', 'atomic_dir', 'to_uint8_frames', 'write_video', 'VideoReadError', 'probe_video', 'read_video']
+__all__ = ['atomic_path', 'exchange_paths', 'replace_dir', 'recover_dir', 'atomic_dir', 'to_uint8_frames', 'write_video',
+           'VideoReadError', 'probe_video', 'read_video']
 
-# %% ../nbs/01_videoio.ipynb #3a1a759b
+# %% ../nbs/01_videoio.ipynb #013f4d81
+def _umask() -> int:
+    m = os.umask(0); os.umask(m); return m
+_UMASK = _umask()   # read once, at import: reading it means setting it, which no thread should see happen mid-write
+
+def _default_mode(p, folder:bool=False):
+    "Give `p` the mode a plain `open` / `mkdir` would have given it: tempfile's 0600 / 0700 ignore the umask."
+    os.chmod(p, (0o777 if folder else 0o666) & ~_UMASK)
+
 @contextlib.contextmanager
 def atomic_path(path, # final file name
                ):
-    "Yield a temporary path beside `path`; on success it replaces `path`, on error it is removed."
+    "Yield a temporary path beside `path`; on success it replaces `path` (with the umask's permissions), on error it is removed."
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + path.suffix, dir=path.parent)
     os.close(fd)
     try:
         yield Path(tmp)
+        _default_mode(tmp)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError): os.remove(tmp)
         raise
 
-# %% ../nbs/01_videoio.ipynb #a0744a9e
+# %% ../nbs/01_videoio.ipynb #1efff9bf
+def exchange_paths(a, b) -> bool:
+    "Swap two existing paths in one step (Linux `renameat2(RENAME_EXCHANGE)`); False where the system cannot."
+    import ctypes, errno
+    try:
+        f = ctypes.CDLL(None, use_errno=True).renameat2
+        f.argtypes, f.restype = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint], ctypes.c_int
+    except (OSError, AttributeError): return False
+    if f(-100, os.fsencode(str(a)), -100, os.fsencode(str(b)), 2) == 0: return True   # AT_FDCWD, RENAME_EXCHANGE
+    e = ctypes.get_errno()
+    if e in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP): return False
+    raise OSError(e, os.strerror(e), str(b))
+
+def _aside(path) -> Path: return path.with_name(f".{path.name}.{os.getpid()}.old")
+
+def replace_dir(src, dst):
+    "Make folder `src` become `dst`: the old `dst` stays whole until the swap, the new one is whole after it."
+    src, dst = Path(src), Path(dst)
+    if not dst.exists(): os.replace(src, dst); return
+    if exchange_paths(src, dst):
+        old = _aside(dst); os.replace(src, old)     # (src now holds the old folder)
+    else:
+        old = _aside(dst); os.replace(dst, old); os.replace(src, dst)
+    shutil.rmtree(old, ignore_errors=True)
+
+def recover_dir(path):
+    "After a kill inside `replace_dir`: put a lone old folder back where `path` is missing; delete leftovers beside an existing one."
+    path = Path(path)
+    for old in sorted(path.parent.glob(f".{glob.escape(path.name)}.*.old"), key=lambda p: p.stat().st_mtime, reverse=True):
+        if path.exists(): shutil.rmtree(old, ignore_errors=True)
+        else: os.replace(old, path)
+
+# %% ../nbs/01_videoio.ipynb #d6ee2977
 @contextlib.contextmanager
 def atomic_dir(path, # final folder name
                overwrite:bool=True, # replace an existing `path`; else keep it and drop ours (another process got there first)
               ):
-    "Yield a temporary folder beside `path`; on success it replaces `path`, on error it is removed."
+    "Yield a temporary folder beside `path`; on success it replaces `path` in one step (`replace_dir`), on error it is removed."
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    recover_dir(path)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
         yield tmp
-        if path.exists() and overwrite: shutil.rmtree(path) if path.is_dir() else path.unlink()
-        if path.exists(): shutil.rmtree(tmp)
+        _default_mode(tmp, folder=True)
+        if path.exists():
+            if overwrite: replace_dir(tmp, path)
+            else: shutil.rmtree(tmp)
         else:
             try: os.replace(tmp, path)
             except OSError:  # a concurrent writer renamed its folder into place between our check and our rename

@@ -12,7 +12,14 @@ import pyarrow.parquet as pq
 import torch
 from torch.utils.data import Dataset, Sampler, DataLoader
 from ..config import ConfigError
+from .video import DatasetError
 from .preprocess import list_shards, row_tensor
+
+def _shard(path, read):
+    "`read(path)`; a shard that cannot be read (truncated, not Parquet) is a `DatasetError` naming it."
+    try: return read(path)
+    except (OSError, ValueError) as e:   # pyarrow's ArrowInvalid / ArrowIOError are ValueError / OSError
+        raise DatasetError(f"{path}: not a readable Parquet shard ({type(e).__name__}: {str(e)[:200]}); preprocess again") from None
 
 # %% auto #0
 __all__ = ['LatentStats', 'normalize_latents', 'denormalize_latents', 'LatentDataset', 'check_dataset', 'PromptDataset',
@@ -76,15 +83,18 @@ class LatentDataset(Dataset):
         self.files = list_shards(self.path)
         if not self.files: raise FileNotFoundError(f"{self.path}: no Parquet shards (run `videorecipes-data preprocess` first)")
         f = self.path / 'dataset_info.json'
-        self.info = json.loads(f.read_text()) if f.exists() else {}
+        try: self.info = json.loads(f.read_text()) if f.exists() else {}
+        except (json.JSONDecodeError, UnicodeDecodeError) as e: raise DatasetError(f"{f}: not valid JSON ({e})") from None
+        if latent_stats is None and not self.info:
+            raise DatasetError(f"{self.path}: no dataset_info.json, which holds the latents' statistics: pass latent_stats "
+                               "(training passes the --model_path VAE's)")
         self.stats = LatentStats.load(latent_stats if latent_stats is not None else self.path)
-        names = pq.read_schema(self.files[0]).names
-        self.kind = 'i2v' if 'first_frame_latent_bytes' in names else 't2v'
+        self.kind = 'i2v' if 'first_frame_latent_bytes' in _shard(self.files[0], pq.read_schema).names else 't2v'
         self._rows = []  # global index -> (file, row group, row in group, row in file)
         for fi, fp in enumerate(self.files):
-            md = pq.read_metadata(fp)
+            md = _shard(fp, pq.read_metadata)
             keep = None
-            if media_type is not None: keep = pq.read_table(fp, columns=['media_type']).column('media_type').to_pylist()
+            if media_type is not None: keep = _shard(fp, lambda p: pq.read_table(p, columns=['media_type'])).column('media_type').to_pylist()
             r = 0
             for g in range(md.num_row_groups):
                 for k in range(md.row_group(g).num_rows):
@@ -105,8 +115,8 @@ def _raw_row(self:LatentDataset, i:int) -> dict:
     if not -len(self) <= i < len(self): raise IndexError(f"index {i} out of range for {len(self)} samples")
     fi, g, k, _ = self._rows[i]
     if self._group is None or self._group[0] != (fi, g):
-        if fi not in self._open: self._open[fi] = pq.ParquetFile(self.files[fi])
-        self._group = ((fi, g), self._open[fi].read_row_group(g, columns=self.columns).to_pylist())
+        if fi not in self._open: self._open[fi] = _shard(self.files[fi], pq.ParquetFile)
+        self._group = ((fi, g), _shard(self.files[fi], lambda p: self._open[fi].read_row_group(g, columns=self.columns).to_pylist()))
     return self._group[1][k]
 
 def _decode(self:LatentDataset, r:dict) -> dict:
@@ -318,6 +328,11 @@ def build_loader(cfg, # a `Config`: data.data_path, training.train_batch_size/se
                 ) -> LatentLoader:
     "The `LatentLoader` a recipe's flags describe."
     if not cfg.data.data_path: raise ConfigError("--data_path is not set (the folder written by videorecipes-data preprocess)")
+    if latent_stats is None and not (Path(cfg.data.data_path) / 'dataset_info.json').exists(): latent_stats = cfg.model.model_path
     ds = (dataset_cls or LatentDataset)(cfg.data.data_path, latent_stats, media_type, cfg.training.num_latent_t, cfg.data.dataloader_cache_mb)
-    return LatentLoader(ds, cfg.training.train_batch_size, dp_rank, dp_size, cfg.training.seed, epoch, cfg.data.dataloader_num_workers,
+    b = cfg.training.train_batch_size
+    if len(ds) < b * dp_size:
+        raise ConfigError(f"--train_batch_size {b} on {dp_size} data-parallel rank(s) needs {b * dp_size} samples per step, but "
+                          f"--data_path {cfg.data.data_path} holds {len(ds)}")
+    return LatentLoader(ds, b, dp_rank, dp_size, cfg.training.seed, epoch, cfg.data.dataloader_num_workers,
                         cfg.data.text_max_length, cfg.data.cfg_rate)

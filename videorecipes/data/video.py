@@ -27,6 +27,8 @@ REASONS = {
     'path_escapes': "the path points outside the dataset folder",
     'missing': "the file does not exist (or the dataset row has no video)",
     'empty_caption': "the caption is empty",
+    'bad_caption': "the caption is not valid UTF-8 text (a lone surrogate, or bytes that are not UTF-8)",
+    'duplicate': "the same file with the same caption is already an entry",
     'unreadable': "the file cannot be opened as a video or image",
     'truncated': "decoding stopped before the frames the container promises",
     'too_few_frames': "the video is shorter than the clip asked for",
@@ -76,6 +78,11 @@ def _first_caption(cap):
     if isinstance(cap, (list, tuple)) and all(isinstance(c, str) for c in cap): return cap[0] if cap else ''
     return None
 
+def _check_text(cap:str, where:str, what:str):
+    "Raise a 'bad_caption' `SampleError` unless `cap` encodes as UTF-8 (a lone surrogate, or undecodable bytes read with surrogateescape, do not)."
+    try: cap.encode('utf-8')
+    except UnicodeEncodeError as e: raise SampleError('bad_caption', where, f"{what}: {e.reason} at character {e.start} of {cap!r:.80}") from None
+
 def _unique_ids(entries):
     seen = {}
     for e in entries:
@@ -95,21 +102,29 @@ def read_merged_dataset(path, # dataset folder (with videos/ and videos2caption.
     "The good entries of a merged dataset, and one problem record (file, reason, detail) per bad entry."
     index = _index_path(path)
     root = index.parent.resolve()
-    try: items = json.loads(index.read_text())
+    try: items = json.loads(index.read_bytes().decode('utf-8', errors='surrogateescape'))   # bad bytes: flagged per entry below
     except json.JSONDecodeError as e: raise DatasetError(f"{index}: invalid JSON ({e})") from None
     if not isinstance(items, list): raise DatasetError(f"{index}: the top level must be a list of entries, got {type(items).__name__}")
-    entries, problems = [], []
+    entries, problems, seen, vroot = [], [], {}, (root / 'videos').resolve()
     for i, it in enumerate(items):
         where = f"{index.name}[{i}]"
         try:
             if not isinstance(it, dict) or not isinstance(it.get('path'), str) or not it['path'].strip():
                 raise SampleError('malformed_entry', where, f"entry {i} has no string 'path': {str(it)[:80]}")
             rel, cap = it['path'], _first_caption(it.get('cap', it.get('caption')))
+            try: rel.encode('utf-8')
+            except UnicodeEncodeError: raise SampleError('malformed_entry', where, f"entry {i}: its path {rel!r:.80} is not valid UTF-8") from None
             if cap is None: raise SampleError('malformed_entry', rel, f"entry {i}: 'cap' must be a string or a list of strings, got {it.get('cap')!r:.80}")
             full = Path(os.path.normpath(root / 'videos' / rel))   # an absolute `rel` stays itself
             if not full.is_relative_to(root): raise SampleError('path_escapes', rel, f"entry {i}: {rel!r} resolves to {full}, outside {root}")
+            real = full.resolve()    # a symlink inside the folder that points outside it escapes just like '../'
+            if not (real.is_relative_to(root) or real.is_relative_to(vroot)):
+                raise SampleError('path_escapes', rel, f"entry {i}: {rel!r} is a link to {real}, outside {root}")
+            _check_text(cap, rel, f"entry {i}")
             if not cap.strip(): raise SampleError('empty_caption', rel, f"entry {i} has an empty caption")
             if not full.is_file(): raise SampleError('missing', rel, f"entry {i}: {full} does not exist")
+            if (rel, cap) in seen: raise SampleError('duplicate', rel, f"entry {i} repeats entry {seen[rel, cap]} (same file, same caption)")
+            seen[rel, cap] = i
         except SampleError as e:
             problems.append(e.record(entry=i)); continue
         meta = {k: v for k, v in it.items() if k not in ('path', 'cap')}
@@ -242,6 +257,8 @@ def hf_entries(dataset, # a `datasets.Dataset`/`DatasetDict`, a local dataset fo
         where, c = f"{name}[{i}]", _first_caption(cap)
         if c is None: problems.append(SampleError('malformed_entry', where, f"row {i}: caption is a {type(cap).__name__}").record(entry=i)); continue
         if not c.strip(): problems.append(SampleError('empty_caption', where, f"row {i} has an empty caption").record(entry=i)); continue
+        try: _check_text(c, where, f"row {i}")
+        except SampleError as e: problems.append(e.record(entry=i)); continue
         entries.append(MediaEntry(id=f"{name}-{i:08d}", file_name=where, caption=c.strip(),
                                   media_type='image' if is_image else 'video', source=fetch(i), meta=dict(row=i)))
     return entries, problems

@@ -4,34 +4,52 @@
 
 # %% ../../nbs/43_train.checkpoint.ipynb #81ea020f
 from __future__ import annotations
-import os, random, re, shutil
+import errno, os, random, re, shutil
 from pathlib import Path
 import numpy as np
 import torch
+from ..videoio import replace_dir, recover_dir
 from ..parallel.mesh import is_main, barrier
 
 # %% auto #0
-__all__ = ['list_checkpoints', 'resolve_checkpoint', 'rng_state', 'set_rng_state', 'ModelOptimizer', 'dcp_capable',
-           'save_checkpoint', 'read_training_state', 'load_checkpoint']
+__all__ = ['CheckpointError', 'is_complete', 'list_checkpoints', 'resolve_checkpoint', 'recover_checkpoints', 'rng_state',
+           'set_rng_state', 'ModelOptimizer', 'dcp_capable', 'save_checkpoint', 'read_training_state',
+           'load_checkpoint']
 
-# %% ../../nbs/43_train.checkpoint.ipynb #6524b37a
+# %% ../../nbs/43_train.checkpoint.ipynb #934bff46
+class CheckpointError(RuntimeError):
+    "A checkpoint that cannot be resumed from (unreadable, refused, of another model or method); the message names it."
+
+def is_complete(ck) -> bool:
+    "Has checkpoint folder `ck` been written to the end? Its host state is written last, after the weights' metadata."
+    ck = Path(ck)
+    return (ck / 'training_state.pt').exists() and ((ck / 'dcp' / '.metadata').exists() or (ck / 'model.safetensors').exists())
+
 def list_checkpoints(output_dir) -> list[Path]:
     "Complete checkpoints in `output_dir`, oldest first."
     d = Path(output_dir)
     if not d.exists(): return []
-    cks = [p for p in d.iterdir() if re.fullmatch(r'checkpoint-\d+', p.name) and (p / 'training_state.pt').exists()]
+    cks = [p for p in d.iterdir() if re.fullmatch(r'checkpoint-\d+', p.name) and is_complete(p)]
     return sorted(cks, key=lambda p: int(p.name.split('-')[1]))
 
 def resolve_checkpoint(spec:str|None, output_dir) -> Path|None:
-    "'latest' (None if there is none yet), a checkpoint folder, or None."
+    "'latest' (the newest complete checkpoint; None if there is none yet), a checkpoint folder, or None."
     if spec is None: return None
     if spec == 'latest':
         cks = list_checkpoints(output_dir)
         return cks[-1] if cks else None
     p = Path(spec)
-    if not (p / 'training_state.pt').exists():
-        raise FileNotFoundError(f"--resume_from_checkpoint {spec}: not a checkpoint folder (no training_state.pt)")
+    if not is_complete(p): raise FileNotFoundError(f"--resume_from_checkpoint {spec}: not a complete checkpoint folder (no training_state.pt, or no weights)")
     return p
+
+def recover_checkpoints(output_dir):
+    "After a crash: a complete `checkpoint-N.tmp` with no `checkpoint-N` is promoted, any other `.tmp` deleted, old copies set aside restored or removed."
+    d = Path(output_dir)
+    for tmp in d.glob('checkpoint-*.tmp'):
+        final = tmp.with_suffix('')
+        if is_complete(tmp) and not final.exists(): os.replace(tmp, final)
+        else: shutil.rmtree(tmp, ignore_errors=True)
+    for old in d.glob('.checkpoint-*.old'): recover_dir(d / old.name.split('.')[1])
 
 # %% ../../nbs/43_train.checkpoint.ipynb #cf5a6dae
 def rng_state() -> dict:
@@ -66,18 +84,37 @@ def dcp_capable(module, optimizer) -> bool:
     owned = {id(p) for p in module.parameters()}
     return all(id(p) in owned for g in optimizer.param_groups for p in g['params'])
 
-# %% ../../nbs/43_train.checkpoint.ipynb #60e74377
+# %% ../../nbs/43_train.checkpoint.ipynb #5eb7007f
+def _no_space(e) -> bool: return getattr(e, 'errno', None) == errno.ENOSPC or 'No space left on device' in str(e)
+
 def save_checkpoint(output_dir, step:int, stateful:dict, # name -> object with state_dict/load_state_dict (DCP)
                     host:dict, # small state rank 0 writes (numbers, strings, lists, dicts, tensors)
                     plain:tuple=None, # (tensors, {name: optimizer state dict}) of non-module tensors (one process)
                     limit:int|None=None, # keep only this many newest checkpoints
                    ) -> Path:
     "Write `checkpoint-{step}` atomically (via `checkpoint-{step}.tmp`) on every rank and prune old ones; return its path."
-    import torch.distributed as dist, torch.distributed.checkpoint as dcp
-    rank = dist.get_rank() if dist.is_initialized() else 0
+    import torch.distributed as dist
     out = Path(output_dir); final, tmp = out / f'checkpoint-{step}', out / f'checkpoint-{step}.tmp'
     if is_main(): shutil.rmtree(tmp, ignore_errors=True); tmp.mkdir(parents=True)
     barrier()
+    try: _write(tmp, stateful, host, plain, step)
+    except BaseException as e:
+        if is_main(): shutil.rmtree(tmp, ignore_errors=True)
+        if _no_space(e): raise CheckpointError(f"{tmp}: no space left on device while writing the checkpoint of step {step}") from None
+        raise
+    barrier()
+    if is_main():
+        replace_dir(tmp, final)                  # a checkpoint of this step written before is swapped out in one step
+        if limit is not None:
+            for old in list_checkpoints(out)[:-limit]: shutil.rmtree(old, ignore_errors=True)
+    barrier()
+    return final
+
+# %% ../../nbs/43_train.checkpoint.ipynb #06794aa6
+def _write(tmp, stateful, host, plain, step):
+    "Every rank's part of a checkpoint, into `tmp`; the host state (rank 0) last, once every rank is done."
+    import torch.distributed as dist, torch.distributed.checkpoint as dcp
+    rank = dist.get_rank() if dist.is_initialized() else 0
     if stateful: dcp.save({k: v.state_dict() for k, v in stateful.items()}, checkpoint_id=str(tmp / 'dcp'), no_dist=not dist.is_initialized())
     if plain is not None:
         from safetensors.torch import save_file
@@ -86,38 +123,50 @@ def save_checkpoint(output_dir, step:int, stateful:dict, # name -> object with s
         host = dict(host, optimizers=plain[1])
     torch.save(rng_state(), tmp / f'rng-{rank}.pt')
     barrier()
-    if is_main():
-        torch.save(dict(host, step=step), tmp / 'training_state.pt')   # last: its presence marks a complete checkpoint
-        if final.exists(): shutil.rmtree(final)
-        os.replace(tmp, final)
-        if limit is not None:
-            for old in list_checkpoints(out)[:-limit]: shutil.rmtree(old, ignore_errors=True)
-    barrier()
-    return final
+    if is_main(): torch.save(dict(host, step=step), tmp / 'training_state.pt')   # last: it marks the checkpoint complete
 
-# %% ../../nbs/43_train.checkpoint.ipynb #e9c840d8
+# %% ../../nbs/43_train.checkpoint.ipynb #abdeab09
+def _read(f, what='the checkpoint'):
+    "A checkpoint file, as data only: a pickle that would run code (or any unreadable file) is a `CheckpointError` naming it."
+    try: return torch.load(f, map_location='cpu', weights_only=True)
+    except Exception as e: raise CheckpointError(f"{f}: cannot read {what} ({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
+
 def read_training_state(path) -> dict:
-    "The host state of checkpoint `path` (read as data only: a pickle that would run code is refused)."
-    try: return torch.load(Path(path) / 'training_state.pt', map_location='cpu', weights_only=True)
-    except Exception as e: raise RuntimeError(f"{path}/training_state.pt: cannot read the checkpoint ({type(e).__name__}: {str(e)[:300]})") from None
+    "The host state of checkpoint `path`."
+    return _read(Path(path) / 'training_state.pt')
 
+def _check_shapes(path, sd:dict):
+    "Compare the tensors `sd` expects with what `path/dcp` holds: a missing or differently shaped one is named."
+    from torch.distributed.checkpoint import FileSystemReader
+    from torch.distributed.checkpoint._nested_dict import flatten_state_dict
+    have = FileSystemReader(str(path / 'dcp')).read_metadata().state_dict_metadata
+    for k, v in flatten_state_dict(sd)[0].items():
+        if not torch.is_tensor(v): continue
+        if k not in have: raise CheckpointError(f"{path}/dcp: has no {k} (a checkpoint of another method or model?)")
+        size = getattr(have[k], 'size', None)
+        if size is not None and tuple(size) != tuple(v.shape):
+            raise CheckpointError(f"{path}/dcp: {k} is {list(size)} there but {list(v.shape)} here (a checkpoint of another model size?)")
+
+# %% ../../nbs/43_train.checkpoint.ipynb #212475a9
 def load_checkpoint(path, stateful:dict, plain_tensors:dict=None, # the tensors `plain` saved, to load in place
                    ) -> dict:
     "Restore what `save_checkpoint` wrote (at any world size) into `stateful` (and `plain_tensors`); return the host state."
     import torch.distributed as dist, torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.api import CheckpointException
     path = Path(path)
     state = read_training_state(path)
     if stateful:
-        if not (path / 'dcp').exists(): raise RuntimeError(f"{path}: no dcp/ folder (a checkpoint of another method?)")
+        if not (path / 'dcp' / '.metadata').exists(): raise CheckpointError(f"{path}: no dcp/ weights (a checkpoint of another method?)")
         sd = {k: v.state_dict() for k, v in stateful.items()}
+        _check_shapes(path, sd)
         try: dcp.load(sd, checkpoint_id=str(path / 'dcp'), no_dist=not dist.is_initialized())
-        except Exception as e: raise RuntimeError(f"{path}/dcp: cannot load {sorted(sd)} ({type(e).__name__}: {str(e)[:300]})") from None
+        except (Exception, CheckpointException) as e:   # (DCP's CheckpointException is a BaseException)
+            raise CheckpointError(f"{path}/dcp: cannot load {sorted(sd)} ({type(e).__name__}: {str(e).splitlines()[0][:300]})") from None
         for k, v in stateful.items(): v.load_state_dict(sd[k])
     if plain_tensors is not None:
         from safetensors.torch import load_file
-        try: sd = load_file(str(path / 'model.safetensors'))
-        except Exception as e: raise RuntimeError(f"{path}/model.safetensors: cannot read it ({type(e).__name__}: {e})") from None
-        state['plain'] = sd
+        try: state['plain'] = load_file(str(path / 'model.safetensors'))
+        except Exception as e: raise CheckpointError(f"{path}/model.safetensors: cannot read it ({type(e).__name__}: {e})") from None
     rank = dist.get_rank() if dist.is_initialized() else 0
-    if (path / f'rng-{rank}.pt').exists(): set_rng_state(torch.load(path / f'rng-{rank}.pt', weights_only=True))
+    if (path / f'rng-{rank}.pt').exists(): set_rng_state(_read(path / f'rng-{rank}.pt', 'the random-number state'))
     return state

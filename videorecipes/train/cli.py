@@ -23,7 +23,10 @@ def _train(argv) -> int:
 
 def train_cli(argv=None) -> int:
     "`videorecipes-train [flags]`: parse the flags, train, print where the results are. Returns the exit code (2: a mistake to fix, 3: non-finite)."
-    return run_cli(_train, argv, prog='videorecipes-train', errors=(FileNotFoundError,))
+    from videorecipes.data.video import DatasetError
+    from videorecipes.zoo import ModelLoadError
+    from videorecipes.train.checkpoint import CheckpointError
+    return run_cli(_train, argv, prog='videorecipes-train', errors=(FileNotFoundError, DatasetError, ModelLoadError, CheckpointError))
 
 def train_main():
     "Console entry point of `videorecipes-train`."

@@ -17,7 +17,7 @@ from ..parallel.mesh import ParallelDims, init_distributed, close_distributed, b
 from .method import TrainingMethod, OptimizerSpec, method_from_config
 from .ema import EMA
 from .checkpoint import (list_checkpoints, resolve_checkpoint, save_checkpoint, load_checkpoint, ModelOptimizer,
-                                           dcp_capable)
+                                           dcp_capable, recover_checkpoints, CheckpointError)
 
 # %% auto #0
 __all__ = ['make_optimizer', 'make_scheduler', 'autocast', 'NonFiniteLossError', 'OptimizerState', 'Loop', 'MetricsLog',
@@ -181,8 +181,8 @@ class MetricsLog:
     def __init__(self, output_dir, tensorboard:bool=True, resume_step:int=0):
         self.path = Path(output_dir) / 'metrics.jsonl'
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        if self.path.exists():   # keep only what the resumed run did not redo
-            keep = [l for l in self.path.read_text().splitlines() if l.strip() and json.loads(l).get('step', 0) <= resume_step]
+        if self.path.exists():   # keep only what the resumed run did not redo (and drop a line a crash cut short)
+            keep = [json.dumps(r) for r in _records(self.path) if r.get('step', 0) <= resume_step]
             with atomic_path(self.path) as tmp: tmp.write_text(''.join(l + '\n' for l in keep))
         self._f = open(self.path, 'a', buffering=1)   # line-buffered: every record is on disk when `log` returns
         self.tb = None
@@ -205,11 +205,22 @@ class MetricsLog:
         self._f.close()
         if self.tb is not None: self.tb.close()
 
+def _records(p) -> list[dict]:
+    "The JSON lines of `p`; a last line cut short by a crash is left out, any other bad line is an error naming it."
+    lines = [l for l in Path(p).read_text(errors='replace').splitlines() if l.strip()]
+    out = []
+    for i, l in enumerate(lines):
+        try: out.append(json.loads(l))
+        except json.JSONDecodeError as e:
+            if i == len(lines) - 1: break              # torn by a crash mid-write: the step will be logged again
+            raise ConfigError(f"{p}: line {i + 1} is not JSON ({e})") from None
+    return out
+
 def read_metrics(output_dir) -> list[dict]:
     "The records of `output_dir/metrics.jsonl`."
     p = Path(output_dir) / 'metrics.jsonl'
     if not p.exists(): raise FileNotFoundError(f"{p}: no metrics (has the run logged a step yet?)")
-    return [json.loads(l) for l in p.read_text().splitlines() if l.strip()]
+    return _records(p)
 
 # %% ../../nbs/44_train.trainer.ipynb #7ae5324a
 def read_validation_prompts(path) -> list[dict]:
@@ -304,9 +315,11 @@ def _checkpoint_parts(method, loop, loader, cfg):
 
 def _resume(path, method, loop, loader, cfg) -> int:
     "Load checkpoint `path` into the method, the loop and the loader; return its step."
+    from videorecipes.train.checkpoint import read_training_state
+    m = read_training_state(path).get('method')
+    if m not in (None, method.name): raise CheckpointError(f"{path}: a {m!r} checkpoint cannot resume a {method.name!r} run")
     stateful, _, plain = _checkpoint_parts(method, loop, loader, cfg)
     st = load_checkpoint(path, stateful, plain_tensors={} if plain is not None else None)
-    if st.get('method') not in (None, method.name): raise RuntimeError(f"{path}: a {st['method']!r} checkpoint cannot resume a {method.name!r} run")
     if plain is not None:
         method.load_state_dict(st['plain'])
         for n, sd in st['optimizers'].items(): loop.opts[n].optimizer.load_state_dict(sd)
@@ -347,6 +360,36 @@ def _emas_applied(loop, on:bool) -> contextlib.ExitStack:
     for e in (loop.emas.values() if on else ()): stack.enter_context(e.applied())
     return stack
 
+# %% ../../nbs/44_train.trainer.ipynb #86df72a5
+_RUN_FILES = ('final', 'metrics.jsonl', 'logs', 'validation', 'config.json')
+
+def _fresh_output(out:Path, overwrite:bool):
+    "Refuse (or, with `--overwrite True`, clear) an output folder that holds an earlier run."
+    found = [p for p in sorted(out.glob('checkpoint-*')) if p.is_dir()] + [out / n for n in _RUN_FILES if (out / n).exists()]
+    found = [p for p in found if p.name != 'config.json'] and found   # a config.json alone is no run
+    if not found: return
+    if not overwrite:
+        names = ', '.join(p.name for p in found[:4]) + (', ...' if len(found) > 4 else '')
+        raise ConfigError(f"--output_dir {out} holds an earlier run ({names}): resume it with --resume_from_checkpoint latest, "
+                          "or pass --overwrite True to delete it and start over")
+    barrier()
+    if is_main():
+        for p in found: shutil.rmtree(p) if p.is_dir() else p.unlink()
+    barrier()
+
+def _supersede(out:Path, resume:Path):
+    "Resuming from an earlier checkpoint than the newest: move the later checkpoints and the metrics aside, nothing deleted."
+    step = int(resume.name.split('-')[1]) if resume.parent.resolve() == out.resolve() else None
+    later = [c for c in list_checkpoints(out) if step is not None and int(c.name.split('-')[1]) > step]
+    barrier()
+    if later and is_main():
+        aside = out / f"superseded-{time.strftime('%Y%m%d-%H%M%S')}-from-{resume.name}"
+        aside.mkdir()
+        for c in later: os.replace(c, aside / c.name)
+        if (out / 'metrics.jsonl').exists(): shutil.copy2(out / 'metrics.jsonl', aside / 'metrics.jsonl')
+        print(f"resuming from {resume.name}: the later {', '.join(c.name for c in later)} moved to {aside}")
+    barrier()
+
 # %% ../../nbs/44_train.trainer.ipynb #60fb5ad6
 def train(cfg:Config, # a validated `Config` (see `parse_args`)
           method:TrainingMethod=None, # default: `method_from_config(cfg)`
@@ -365,10 +408,11 @@ def train(cfg:Config, # a validated `Config` (see `parse_args`)
         device = torch.device(device or (f'cuda:{torch.cuda.current_device()}' if torch.cuda.is_available() else 'cpu'))
         _seed_all(cfg.training.seed)
         out = Path(cfg.training.output_dir)
-        if is_main():
-            out.mkdir(parents=True, exist_ok=True)
-            for p in out.glob('checkpoint-*.tmp'): shutil.rmtree(p, ignore_errors=True)  # half-written by a killed run
+        if is_main(): out.mkdir(parents=True, exist_ok=True); recover_checkpoints(out)   # finish what a crash interrupted
         barrier()
+        resume = resolve_checkpoint(cfg.checkpoint.resume_from_checkpoint, out)
+        if resume is None: _fresh_output(out, cfg.trainer.overwrite)     # never train over an earlier run by accident
+        else: _supersede(out, resume)                                    # a branch from an earlier checkpoint
         method = method or method_from_config(cfg)
         get_attention_backend(cfg.engine.attention_backend)           # an unknown backend fails before any model loads
         loader = method.build_loader(dims)                             # so does data that does not match the flags
@@ -376,7 +420,7 @@ def train(cfg:Config, # a validated `Config` (see `parse_args`)
         method.setup(device)
         method.parallelize(dims)
         loop = Loop(method, cfg, dims, device)
-        step, resume = 0, resolve_checkpoint(cfg.checkpoint.resume_from_checkpoint, out)
+        step = 0
         if resume is not None:
             step = _resume(resume, method, loop, loader, cfg)
             if progress and is_main(): print(f"resumed from {resume} at step {step}")
