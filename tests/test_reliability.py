@@ -49,7 +49,7 @@ def test_a_checkpoint_pickle_with_code_is_refused(data, tmp_path, capsys, name):
     assert train_cli(flags(data, out)) == 0
     torch.save(dict(step=2, x=Evil(tmp_path / 'pwned')), out / 'checkpoint-4' / name)
     code, err = cli(capsys, flags(data, out, '--resume_from_checkpoint', 'latest', '--max_train_steps', 6))
-    assert code == 2 and f'checkpoint-4/{name}: cannot read' in err, err
+    assert code == 2 and f'checkpoint-4/{name}: refused to read' in err, err
     assert not (tmp_path / 'pwned').exists()
 
 

@@ -128,7 +128,10 @@ def _write(tmp, stateful, host, plain, step):
 # %% ../../nbs/43_train.checkpoint.ipynb #abdeab09
 def _read(f, what='the checkpoint'):
     "A checkpoint file, as data only: a pickle that would run code (or any unreadable file) is a `CheckpointError` naming it."
+    import pickle
     try: return torch.load(f, map_location='cpu', weights_only=True)
+    except pickle.UnpicklingError:
+        raise CheckpointError(f"{f}: refused to read {what}: it holds objects other than tensors and plain data (loading it could run code)") from None
     except Exception as e: raise CheckpointError(f"{f}: cannot read {what} ({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
 
 def read_training_state(path) -> dict:
