@@ -6,9 +6,10 @@
 __all__ = ['REQUIRED', 'FRAME_SAMPLING', 'SELECTIVE_KINDS', 'PLUGINS', 'ConfigError', 'arg', 'require', 'ModelArgs', 'DataArgs',
            'TrainingArgs', 'ParallelArgs', 'OptimizerArgs', 'ValidationArgs', 'LoraArgs', 'CheckpointArgs',
            'MemoryArgs', 'SelectiveArgs', 'MethodArgs', 'method_name', 'EMAArgs', 'TrainerArgs', 'EngineArgs',
-           'PreprocessArgs', 'num_slices', 'SelectiveExtraArgs', 'register_plugin', 'resolve_plugin', 'register_group',
-           'unregister_group', 'registered_groups', 'Config', 'read_config_file', 'build_parser', 'parse_args',
-           'parse_command', 'run_cli', 'run_subcommands']
+           'PreprocessArgs', 'num_slices', 'SelectiveExtraArgs', 'RadialArgs', 'LengthExtensionArgs',
+           'attention_backend_name', 'register_plugin', 'resolve_plugin', 'register_group', 'unregister_group',
+           'registered_groups', 'Config', 'read_config_file', 'build_parser', 'parse_args', 'parse_command', 'run_cli',
+           'run_subcommands']
 
 # %% ../nbs/00_config.ipynb #8d9a7456
 import argparse, copy, dataclasses, difflib, errno, json, math, os, sys, tempfile, types
@@ -53,7 +54,7 @@ def _near16(v): return max(16, round(v / 16) * 16)
 class ModelArgs:
     "Which Wan checkpoint to start from."
     model_path: str = arg('Wan-AI/Wan2.1-T2V-1.3B-Diffusers', "Diffusers folder or hub id of the Wan model",
-                          aliases=('pretrained_model_name_or_path',))
+                          aliases=('pretrained_model_name_or_path', 'model_id'))
     model_type: str = arg('t2v', "Text-to-video or image-to-video", choices=('t2v', 'i2v'))
     dit_precision: str = arg('fp32', "Precision of the transformer's master weights", choices=('fp32', 'bf16', 'fp16'))
 
@@ -78,12 +79,12 @@ class DataArgs:
 class TrainingArgs:
     "Steps, batch, clip shape and the timestep schedule."
     max_train_steps: int = arg(1000, "Optimizer steps to train for")
-    num_train_epochs: Optional[int] = arg(None, "Also stop after this many epochs (None: only --max_train_steps)")
-    train_batch_size: int = arg(1, "Clips per GPU per forward pass")
+    num_train_epochs: Optional[int] = arg(None, "Also stop after this many epochs (None: only --max_train_steps)", aliases=('num_epochs',))
+    train_batch_size: int = arg(1, "Clips per GPU per forward pass", aliases=('batch_size',))
     gradient_accumulation_steps: int = arg(1, "Forward passes per optimizer step")
-    num_frames: int = arg(81, "Frames per clip, 4k+1")
-    num_height: int = arg(480, "Clip height in pixels, a multiple of 16")
-    num_width: int = arg(832, "Clip width in pixels, a multiple of 16")
+    num_frames: int = arg(81, "Frames per clip, 4k+1", aliases=('extended_num_frames',))
+    num_height: int = arg(480, "Clip height in pixels, a multiple of 16", aliases=('height',))
+    num_width: int = arg(832, "Clip width in pixels, a multiple of 16", aliases=('width',))
     num_latent_t: Optional[int] = arg(None, "Latent frames to train on (None: all, (num_frames-1)//4+1)")
     output_dir: str = arg('outputs', "Folder for checkpoints, logs and samples")
     seed: int = arg(42, "Random seed")
@@ -203,7 +204,8 @@ class LoraArgs:
     lora_rank: int = arg(32, "Rank of each adapter")
     lora_alpha: int = arg(32, "Adapter scale numerator (the update is scaled by alpha / rank)")
     lora_dropout: float = arg(0.0, "Dropout on the adapter input, in [0, 1)")
-    lora_target_modules: list[str] = arg(['to_q', 'to_k', 'to_v', 'to_out.0'], "Module names to adapt (space- or comma-separated)")
+    lora_target_modules: list[str] = arg(['to_q', 'to_k', 'to_v', 'to_out.0'], "Module names to adapt (space- or comma-separated)",
+                                         aliases=('target_modules',))
 
     def validate(self, cfg):
         require(self.lora_rank >= 1, f"--lora_rank must be ≥ 1, got {self.lora_rank}")
@@ -370,12 +372,57 @@ class SelectiveExtraArgs:
         else:
             require(s.blocks_to_swap == 0, "--blocks_to_swap needs selective training (--ff); the other methods train the swapped weights")
 
+# %% ../nbs/00_config.ipynb #2a57a586
+@dataclass
+class RadialArgs:
+    "Radial attention (`kernels.radial`): a static sparse mask whose band halves with each doubling of the frame distance."
+    pattern: Optional[str] = arg(None, "radial or dense: the radial-attention seed's spelling of --attention_backend radial / sdpa", choices=('radial', 'dense'))
+    dense_layers: int = arg(0, "Radial: the first this many transformer blocks keep dense attention")
+    dense_timesteps: int = arg(0, "Radial: the first this many sampling steps keep dense attention (training: the noise levels above them)")
+    decay_factor: float = arg(1.0, "Radial: scale of the attention band's width (the seed uses 0.2)")
+    radial_block_size: int = arg(128, "Radial: block size of the sparse mask (the reference: 64 or 128)")
+    radial_impl: str = arg('auto', "Radial: kernel (auto: FlexAttention on GPUs, the reference elsewhere)", choices=('auto', 'reference', 'flex'))
+    radial_split_threshold: int = arg(128, "Radial: bands narrower than this keep only every k-th frame distance (the reference's 128)")
+
+    def validate(self, cfg):
+        for k in ('dense_layers', 'dense_timesteps'): require(getattr(self, k) >= 0, f"--{k} must be ≥ 0, got {getattr(self, k)}")
+        require(self.decay_factor > 0, f"--decay_factor must be > 0, got {self.decay_factor}")
+        require(self.radial_block_size >= 1 and self.radial_split_threshold >= 1, "--radial_block_size and --radial_split_threshold must be ≥ 1")
+        require(self.pattern is None or cfg.engine.attention_backend in ('sdpa', 'radial'),
+                f"--pattern {self.pattern} and --attention_backend {cfg.engine.attention_backend} disagree: give one")
+
+# %% ../nbs/00_config.ipynb #a2d403ba
+@dataclass
+class LengthExtensionArgs:
+    "LoRA length extension (`recipes.length_extension`): train at a longer clip than the base model knows, with radial attention."
+    base_num_frames: Optional[int] = arg(None, "Length extension: frames of the base clips (the base model's length)")
+    base_data_path: Optional[str] = arg(None, "Length extension: preprocessed base-length latents (--data_path holds the extended ones)")
+    base_loss_weight: float = arg(1.0, "Length extension: weight of the denoising loss at the base length (dense attention)")
+    extended_loss_weight: float = arg(1.0, "Length extension: weight of the denoising loss at the extended length")
+    consistency_weight: float = arg(0.0, "Length extension: weight of matching the frozen base model's dense prediction on the first base frames")
+    validation_data_path: Optional[str] = arg(None, "Length extension: latents whose loss picks best_model/ (default: --data_path)")
+
+    def validate(self, cfg):
+        for k in ('base_loss_weight', 'extended_loss_weight', 'consistency_weight'): require(getattr(self, k) >= 0, f"--{k} must be ≥ 0, got {getattr(self, k)}")
+        n = self.base_num_frames
+        require(n is None or (n >= 1 and (n - 1) % 4 == 0), f"--base_num_frames must be 4k+1, got {n}")
+        b, e = self.base_num_frames, cfg.training.num_frames
+        if method_name(cfg) == 'length_extension':
+            require(b is not None and b < e, f"the length_extension method needs --base_num_frames below the extended length (--num_frames, or --extended_num_frames: {e}), got {b}")
+            require(self.base_loss_weight == 0 or self.base_data_path, "--base_loss_weight > 0 needs --base_data_path (base-length latents)")
+
 # %% ../nbs/00_config.ipynb #42348dc3
 PLUGINS = dict(
     method={'full': 'videorecipes.train.full:FullFinetune', 'lora': 'videorecipes.train.lora:LoraFinetune',
-            'selective': 'videorecipes.train.selective:SelectiveFinetune'},
-    attention_backend={'sdpa': 'videorecipes.parallel.attention:sdpa_attention'},
+            'selective': 'videorecipes.train.selective:SelectiveFinetune',
+            'length_extension': 'videorecipes.recipes.length_extension:LengthExtension'},
+    attention_backend={'sdpa': 'videorecipes.parallel.attention:sdpa_attention', 'radial': 'videorecipes.kernels.radial:RadialAttention'},
 )
+
+def attention_backend_name(cfg) -> str:
+    "The backend a config asks for: `--pattern radial|dense` (the radial-attention seed's spelling) wins over `--attention_backend`."
+    p = cfg.radial.pattern
+    return 'radial' if p == 'radial' else 'sdpa' if p == 'dense' else cfg.engine.attention_backend
 
 def register_plugin(kind:str, # 'method' or 'attention_backend'
                     name:str, # what the flag says
@@ -772,7 +819,8 @@ for _n, _c in [('model', ModelArgs), ('data', DataArgs), ('training', TrainingAr
                ('optimizer', OptimizerArgs), ('validation', ValidationArgs), ('lora', LoraArgs),
                ('checkpoint', CheckpointArgs), ('memory', MemoryArgs), ('selective', SelectiveArgs),
                ('method', MethodArgs), ('ema', EMAArgs), ('trainer', TrainerArgs), ('engine', EngineArgs),
-               ('preprocess', PreprocessArgs), ('selective_extra', SelectiveExtraArgs)]:
+               ('preprocess', PreprocessArgs), ('selective_extra', SelectiveExtraArgs), ('radial', RadialArgs),
+               ('length_extension', LengthExtensionArgs)]:
     register_group(_n, _c)
 del _n, _c
 

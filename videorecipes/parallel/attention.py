@@ -53,9 +53,10 @@ def register_attention_backend(name:str, backend, # an `AttentionBackend` (or it
     "Make `backend` the `--attention_backend name`."
     return register_plugin('attention_backend', name, backend)
 
-def get_attention_backend(name:str) -> AttentionBackend:
-    "The backend `--attention_backend name` refers to, as an `AttentionBackend` (a `ConfigError` naming the flag if unknown)."
+def get_attention_backend(name:str, cfg=None) -> AttentionBackend:
+    "The backend `--attention_backend name` refers to, as an `AttentionBackend` (a `ConfigError` naming the flag if unknown); configured from `cfg` when its class has `from_config`."
     b = resolve_plugin('attention_backend', name)
+    if cfg is not None and isinstance(b, type) and hasattr(b, 'from_config'): return b.from_config(cfg)
     if not isinstance(b, AttentionBackend):
         b = b() if isinstance(b, type) else FunctionBackend(b)
         PLUGINS['attention_backend'][name] = b
@@ -74,6 +75,7 @@ class AttentionContext:
     kv_cache: object = None                      # causal attention: this forward's cache (a slot per block)
     n_image_tokens: int = 0                      # I2V: leading context tokens that are the CLIP image's
     module: object = None                        # the attention module being run (its backend parameters live there)
+    dense: bool = False                          # a method asks for dense attention in this forward (a sparse backend obliges)
     def at(self, block:int, cross:bool, module=None) -> 'AttentionContext':
         return dataclasses.replace(self, block=block, cross=cross, module=module)
 

@@ -8,7 +8,7 @@ import functools
 from dataclasses import dataclass
 import torch
 import torch.distributed as dist
-from ..config import ConfigError, EngineArgs
+from ..config import ConfigError, EngineArgs, attention_backend_name
 from .mesh import ParallelDims, sp_group, tp_mesh, fsdp_mesh, is_main
 from .attention import set_attention, enable_sequence_parallel, get_attention_backend, backend_parameters
 
@@ -129,8 +129,9 @@ def parallelize_wan(dit, # a WanTransformer3DModel (on its device, trainable par
     tpm, spg = tp_mesh(dims), sp_group(dims)
     tpg = tpm.get_group() if tpm is not None else None
     if tpm is not None: apply_tp(dit, tpm)
-    if spg is not None: enable_sequence_parallel(dit, spg, e.attention_backend, tpg)
-    elif _needs_processor(dit, e.attention_backend, spg, tpg): set_attention(dit, e.attention_backend, None, tpg)
+    name = attention_backend_name(cfg) if cfg is not None else e.attention_backend
+    if spg is not None: enable_sequence_parallel(dit, spg, get_attention_backend(name, cfg), tpg)
+    elif _needs_processor(dit, name, spg, tpg): set_attention(dit, get_attention_backend(name, cfg), None, tpg)
     if trainable and mem is not None:
         apply_ac(dit, mem.enable_gradient_checkpointing_type, mem.gradient_checkpointing_every_n, mem.gradient_checkpointing_skip_last)
     if e.compile_blocks: apply_compile(dit)

@@ -11,7 +11,7 @@ from typing import Optional
 import numpy as np
 import torch
 from tqdm.auto import tqdm
-from ..config import ConfigError, Config, OptimizerArgs
+from ..config import ConfigError, Config, OptimizerArgs, attention_backend_name
 from ..videoio import atomic_path
 from ..parallel.mesh import ParallelDims, init_distributed, close_distributed, build_mesh, is_main, barrier, clip_grad_norm
 from .method import TrainingMethod, OptimizerSpec, method_from_config
@@ -262,8 +262,9 @@ _TRAIN_DTYPE = dict(no='fp32', bf16='bf16', fp16='fp16')
 class Validator:
     "Samples the validation prompts with an in-memory DiT and writes mp4 files (and TensorBoard frames)."
     def __init__(self, cfg:Config, device, transformer=None, # the DiT, or a function returning it (sampled at each call)
+                 subdir:str='validation', # under --output_dir
                 ):
-        self.cfg, self.device, self.transformer = cfg, device, transformer
+        self.cfg, self.device, self.transformer, self.subdir = cfg, device, transformer, subdir
         self.entries = read_validation_prompts(cfg.validation.validation_dataset_file)
         self.sampler = self.embeds = None
 
@@ -294,9 +295,9 @@ def _validate(self:Validator, step:int, metrics:MetricsLog=None) -> list[Path]:
                                      seed=t.seed, images=self.images, transformer=dit, max_sequence_length=c.data.text_max_length,
                                      embeds=self.embeds)
     if not is_main(): return []
-    paths = save_videos(vids, Path(t.output_dir) / 'validation' / f'step-{step:06d}', prompts, seed=t.seed, fps=c.trainer.validation_fps)
+    paths = save_videos(vids, Path(t.output_dir) / self.subdir / f'step-{step:06d}', prompts, seed=t.seed, fps=c.trainer.validation_fps)
     if metrics is not None:
-        for i, vid in enumerate(vids): metrics.image(f'validation/{i:02d}', _strip(vid), step)
+        for i, vid in enumerate(vids): metrics.image(f'{self.subdir}/{i:02d}', _strip(vid), step)
     return paths
 Validator.__call__ = _validate
 
@@ -343,11 +344,13 @@ class TrainResult:
 
 def _batches(loader):
     "Endless batches, moving to the next epoch when one ends."
+    empty = 0
     while True:
         n = 0
         for b in loader:
             n += 1; yield b
-        if n == 0 and loader.state_dict()['position'] == 0:   # (a resumed epoch may have nothing left; a fresh one must)
+        empty = 0 if n else empty + 1
+        if empty > 1:   # (a resumed epoch may have nothing left; a fresh one must)
             raise RuntimeError("the data loader yields no batches (too few samples for the batch size?)")
         loader.set_epoch(loader.epoch + 1)
 
@@ -414,7 +417,7 @@ def train(cfg:Config, # a validated `Config` (see `parse_args`)
         if resume is None: _fresh_output(out, cfg.trainer.overwrite)     # never train over an earlier run by accident
         else: _supersede(out, resume)                                    # a branch from an earlier checkpoint
         method = method or method_from_config(cfg)
-        get_attention_backend(cfg.engine.attention_backend)           # an unknown backend fails before any model loads
+        get_attention_backend(attention_backend_name(cfg), cfg)       # an unknown backend fails before any model loads
         loader = method.build_loader(dims)                             # so does data that does not match the flags
         if cfg.validation.log_validation: read_validation_prompts(cfg.validation.validation_dataset_file)   # and a bad prompt file
         method.setup(device)
