@@ -396,6 +396,7 @@ class RadialArgs:
 class LengthExtensionArgs:
     "LoRA length extension (`recipes.length_extension`): train at a longer clip than the base model knows, with radial attention."
     base_num_frames: Optional[int] = arg(None, "Length extension: frames of the base clips (the base model's length)")
+    data_dir: Optional[str] = arg(None, "Length extension: a prepare_training_data.py folder (its latents/extended and latents/base are the data)")
     base_data_path: Optional[str] = arg(None, "Length extension: preprocessed base-length latents (--data_path holds the extended ones)")
     base_loss_weight: float = arg(1.0, "Length extension: weight of the denoising loss at the base length (dense attention)")
     extended_loss_weight: float = arg(1.0, "Length extension: weight of the denoising loss at the extended length")
@@ -409,7 +410,7 @@ class LengthExtensionArgs:
         b, e = self.base_num_frames, cfg.training.num_frames
         if method_name(cfg) == 'length_extension':
             require(b is not None and b < e, f"the length_extension method needs --base_num_frames below the extended length (--num_frames, or --extended_num_frames: {e}), got {b}")
-            require(self.base_loss_weight == 0 or self.base_data_path, "--base_loss_weight > 0 needs --base_data_path (base-length latents)")
+            require(self.base_loss_weight == 0 or self.base_data_path or self.data_dir, "--base_loss_weight > 0 needs --base_data_path (base-length latents) or --data_dir")
 
 # %% ../nbs/00_config.ipynb #42348dc3
 PLUGINS = dict(

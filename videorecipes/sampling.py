@@ -108,7 +108,10 @@ def _generate(self:Sampler, prompts, # a prompt or a list of prompts
             if self.kind == 'i2v': kw['image'] = _as_pil(images[i])
             frames = pipe(**kw).frames[0]
             videos.append((np.clip(frames, 0, 1) * 255 + 0.5).astype(np.uint8))
-    finally: dit.train(was_training)
+    finally:
+        dit.train(was_training)
+        from videorecipes.parallel.attention import attention_context
+        if (ctx := attention_context(unwrap_transformer(dit))) is not None: ctx.denoise_step = None   # training forwards come next
     return videos
 Sampler.generate = _generate
 
@@ -158,6 +161,14 @@ class GenerateArgs:
     device: Optional[str] = arg(None, "Where to run (None: cuda if available, else cpu)")
     fps: float = arg(8.0, "Frame rate of the mp4 files")
     output_dir: str = arg('outputs/samples', "Folder for the videos")
+    text_max_length: int = arg(512, "Prompt length in tokens (what the model was trained with; the tiny demo: 32)")
+    lora_checkpoint_dir: Optional[str] = arg(None, "A LoRA to load first (a run's final/ or best_model/, or a .safetensors file)")
+    pattern: str = arg('dense', "Attention: dense, or radial (a length-extension LoRA's)", choices=('dense', 'radial'))
+    dense_layers: int = arg(0, "Radial: the first this many blocks stay dense")
+    dense_timesteps: int = arg(0, "Radial: the first this many denoising steps stay dense")
+    decay_factor: float = arg(1.0, "Radial: width of the attention band (the seed: 0.2)")
+    radial_block_size: int = arg(128, "Radial: block size of the mask")
+    radial_split_threshold: int = arg(128, "Radial: bands narrower than this keep every k-th frame distance")
 
     def validate(self, a):
         require((a.num_frames - 1) % 4 == 0 and a.num_frames >= 1, f"--num_frames must be 4k+1, got {a.num_frames}")
@@ -173,6 +184,12 @@ def generate_cli(argv=None) -> list[Path]:
     path = a.model_path or tiny_zoo(a.tiny or 't2v', a.zoo_dir)
     if not a.model_path: print(f"tiny zoo: {path} ({folder_size(path)/1e6:.2f} MB, built/checked in {time.time()-t0:.1f}s)")
     s = Sampler(path, transformer=load_transformer(path, dtype=a.dtype).to(device), device=device)
+    if a.lora_checkpoint_dir:
+        require(Path(a.lora_checkpoint_dir).exists(), f"--lora_checkpoint_dir {a.lora_checkpoint_dir}: not found")
+        s.pipeline().load_lora_weights(a.lora_checkpoint_dir)
+    if a.pattern == 'radial':
+        from videorecipes.kernels.radial import apply_radial
+        apply_radial(s.parts['transformer'], a.decay_factor, a.dense_layers, a.dense_timesteps, a.radial_block_size, split_threshold=a.radial_split_threshold)
     images = None
     if a.image:
         from PIL import Image
@@ -181,7 +198,8 @@ def generate_cli(argv=None) -> list[Path]:
         images = [read_video(p, max_frames=1)[0][0] if is_video(p) else Image.open(p).convert('RGB') for p in a.image]
     t1 = time.time()
     vids = s.generate(a.prompt, negative_prompt=a.negative_prompt, num_frames=a.num_frames, height=a.height, width=a.width,
-                      num_inference_steps=a.num_inference_steps, guidance_scale=a.guidance_scale, seed=a.seed, images=images)
+                      num_inference_steps=a.num_inference_steps, guidance_scale=a.guidance_scale, seed=a.seed, images=images,
+                      max_sequence_length=a.text_max_length)
     paths = save_videos(vids, a.output_dir, a.prompt, seed=a.seed, fps=a.fps)
     print(f"generated {len(paths)} video(s) of {a.num_frames}x{a.height}x{a.width} in {time.time()-t1:.1f}s:")
     for p in paths: print('  ', p)

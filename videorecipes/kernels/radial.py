@@ -16,7 +16,7 @@ from .block_sparse import block_sparse_attention
 
 # %% auto #0
 __all__ = ['MODELS', 'window_width', 'frame_pair_kept', 'radial_mask_loop', 'radial_block_mask', 'plot_mask', 'save_mask_png',
-           'sampling_sigma', 'RadialAttention', 'RadialMaskArgs', 'radial_mask_cmd', 'attention_main']
+           'sampling_sigma', 'RadialAttention', 'apply_radial', 'RadialMaskArgs', 'radial_mask_cmd', 'attention_main']
 
 # %% ../../nbs/31_kernels.radial.ipynb #42c09b1e
 MODELS = ('wan', 'hunyuan')
@@ -157,12 +157,19 @@ def _radial_call(self:RadialAttention, q, k, v, key_mask=None, ctx=None):
         sig = ctx.sigma if ctx.sigma is None or ctx.sigma.ndim == 1 else ctx.sigma.amax(-1)
         noisy = None if self.dense_sigma is None or sig is None else (sig.to(q.device) > self.dense_sigma)
         if noisy is not None and bool(noisy.all()): return dense()
-    m = self.block_mask(ctx.grid, q.shape[1]).to(q.device)
+    m = self.block_mask(ctx.grid, q.shape[1])   # (on the host: the kernels move it, FlexAttention keys its cache on it)
     out = block_sparse_attention(q, k, v, m, self.block_size, key_mask, self.impl)
     if noisy is not None and bool(noisy.any()): out = torch.where(noisy.view(-1, 1, 1, 1), dense(), out)
     return out
 
 RadialAttention.__call__ = _radial_call
+
+# %% ../../nbs/31_kernels.radial.ipynb #c96ab121
+def apply_radial(dit, decay:float=1.0, dense_layers:int=0, dense_timesteps:int=0, block_size:int=128, impl:str='auto',
+                 split_threshold:int=128):
+    "Install radial attention on `dit` for sampling; returns the handle (`.remove()` restores diffusers' attention)."
+    from videorecipes.parallel.attention import set_attention
+    return set_attention(dit, RadialAttention(decay, dense_layers, dense_timesteps, block_size, impl, split_threshold))
 
 # %% ../../nbs/31_kernels.radial.ipynb #fa65fb7a
 @dataclass

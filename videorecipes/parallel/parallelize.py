@@ -4,7 +4,7 @@
 
 # %% ../../nbs/22_parallel.parallelize.ipynb #437c623f
 from __future__ import annotations
-import functools
+import dataclasses, functools
 from dataclasses import dataclass
 import torch
 import torch.distributed as dist
@@ -56,6 +56,22 @@ def _sac_policy():
     def policy(ctx, op, *args, **kwargs): return CheckpointPolicy.MUST_SAVE if op in keep else CheckpointPolicy.PREFER_RECOMPUTE
     return policy
 
+def _frozen_context(dit, fn):
+    "`fn` run under the attention context of this forward, also when backward recomputes it after later forwards changed it."
+    h = getattr(dit, '_vr_attn', None)
+    if h is None: return fn
+    ctx, sp = h.ctx, h.layout.sp
+    snap, n = {f.name: getattr(ctx, f.name) for f in dataclasses.fields(ctx)}, getattr(sp, 'n', None)
+    def run(*args):
+        old, old_n = {k: getattr(ctx, k) for k in snap}, getattr(sp, 'n', None)
+        for k, v in snap.items(): setattr(ctx, k, v)
+        if sp is not None: sp.n = n
+        try: return fn(*args)
+        finally:
+            for k, v in old.items(): setattr(ctx, k, v)
+            if sp is not None: sp.n = old_n
+    return run
+
 def checkpointed_blocks(n_blocks:int, mode:str|None, every_n:int=1, skip_last:int=1) -> list[int]:
     "Indices of the blocks that `mode` checkpoints."
     if mode in (None, 'none'): return []
@@ -79,7 +95,7 @@ def apply_ac(dit, mode:str|None='full', # None/'none', 'full', 'block_skip' or '
         return dit
     ctx_fn = functools.partial(create_selective_checkpoint_contexts, _sac_policy()) if mode == 'ops' else noop_context_fn
     def ckpt(block, *args):
-        if id(block) in chosen: return checkpoint(block, *args, use_reentrant=False, context_fn=ctx_fn)
+        if id(block) in chosen: return checkpoint(_frozen_context(dit, block), *args, use_reentrant=False, context_fn=ctx_fn)
         return block(*args)
     dit.enable_gradient_checkpointing(gradient_checkpointing_func=ckpt)
     dit._vr_ac = (mode, len(chosen))

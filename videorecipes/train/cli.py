@@ -41,7 +41,12 @@ _GPU = dict(num_frames=81, num_height=480, num_width=832, train_batch_size=1, gr
             checkpointing_steps=500, checkpoints_total_limit=3, validation_steps=200, validation_sampling_steps=50,
             validation_guidance_scale=5.0, dataloader_num_workers=2, seed=42)
 _LORA = dict(lora_training=True, lora_rank=32, lora_alpha=32, learning_rate=1e-4)
-LAUNCHER_CONFIGS = {'wan2.1-480p': _GPU}   # flag sets several launchers share: launchers/configs/{name}.json, passed as --config
+_LENGTH_EXTENSION = dict(   # the radial-attention seed's config (its own key names), Wan2.1-T2V-14B 69 -> 161 frames at 768x1280
+    model_id='Wan-AI/Wan2.1-T2V-14B-Diffusers', method='length_extension', learning_rate=1e-4, batch_size=1, num_epochs=100,
+    lora_rank=64, lora_alpha=64, lora_dropout=0.1, target_modules=['to_q', 'to_k', 'to_v', 'to_out.0'], base_num_frames=69,
+    extended_num_frames=161, pattern='radial', dense_layers=2, dense_timesteps=2, decay_factor=0.2, height=768, width=1280,
+    gradient_accumulation_steps=4)
+LAUNCHER_CONFIGS = {'wan2.1-480p': _GPU, 'lora_length_extension': _LENGTH_EXTENSION}   # launchers/configs/{name}.json, passed as --config
 LAUNCHERS = {
     'finetune_t2v': dict(doc='Full finetune of Wan2.1 T2V 1.3B', kind='t2v', model='Wan-AI/Wan2.1-T2V-1.3B-Diffusers',
                          config='wan2.1-480p', flags=dict(learning_rate=1e-5)),
@@ -54,6 +59,12 @@ LAUNCHERS = {
     'finetune_t2v_sp4': dict(doc='Full finetune of Wan2.1 T2V 1.3B on 4 GPUs per node: Ulysses sequence parallel 4, HSDP 1x4 (the seeds\' example)',
                              kind='t2v', model='Wan-AI/Wan2.1-T2V-1.3B-Diffusers', gpus=4, config='wan2.1-480p',
                              flags=dict(learning_rate=1e-5, sp_size=4, hsdp_replicate_dim=1, hsdp_shard_dim=4)),
+    'train_lora_length_extension': dict(
+        doc='LoRA length extension of Wan2.1 T2V 14B from 69 to 161 frames with radial attention (the seed\'s settings; '
+            'data: prepare_training_data.py create|convert --output_dir outputs/length_extension_data --model_path ...; DATA is not read)',
+        kind='t2v', model='Wan-AI/Wan2.1-T2V-14B-Diffusers', gpus=8, config='lora_length_extension',
+        flags=dict(data_dir='outputs/length_extension_data', sp_size=8, mixed_precision='bf16', enable_gradient_checkpointing_type='full',
+                   max_train_steps=2000, checkpointing_steps=200, validation_steps=200, validation_sampling_steps=50, dataloader_num_workers=2)),
     'finetune_cpu_tiny': dict(doc='Full finetune of the tiny zoo on the CPU (LoRA: add --lora_training True --learning_rate 1e-3)',
                               kind='t2v', model=None,
                               flags=dict(num_frames=17, num_height=64, num_width=64, train_batch_size=4, learning_rate=1e-3,

@@ -145,9 +145,13 @@ def _begin(self:Loop, step:int):
     for n in self.nets.values():
         if (ctx := attention_context(n.module)) is not None: ctx.train_step = step
 
-def _end(self:Loop, logs:dict=None): self._pending.append((self.step_no, self._rec, self._bad, self._lr, logs or {}))
+def _end(self:Loop, logs:dict=None):
+    "Close the step: tensor logs join the records (averaged over ranks at `flush`: every rank must log the same ones)."
+    logs = dict(logs or {})
+    for k in [k for k, v in logs.items() if torch.is_tensor(v)]: self._rec[f'log:{k}'] = logs.pop(k).detach().float().reshape(())
+    self._pending.append((self.step_no, self._rec, self._bad, self._lr, logs))
 
-def _name(opt, what): return what if opt == 'main' else f'{opt}_{what}'
+def _name(opt, what): return what if opt in ('main', 'log') else f'{opt}_{what}'
 Loop.begin, Loop.end = _begin, _end
 
 # %% ../../nbs/44_train.trainer.ipynb #3ff6c5f8
@@ -364,7 +368,7 @@ def _emas_applied(loop, on:bool) -> contextlib.ExitStack:
     return stack
 
 # %% ../../nbs/44_train.trainer.ipynb #86df72a5
-_RUN_FILES = ('final', 'metrics.jsonl', 'logs', 'validation', 'config.json')
+_RUN_FILES = ('final', 'best_model', 'metrics.jsonl', 'validation_loss.jsonl', 'logs', 'validation', 'config.json')
 
 def _fresh_output(out:Path, overwrite:bool):
     "Refuse (or, with `--overwrite True`, clear) an output folder that holds an earlier run."
