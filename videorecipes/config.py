@@ -396,7 +396,7 @@ class RadialArgs:
 class LengthExtensionArgs:
     "LoRA length extension (`recipes.length_extension`): train at a longer clip than the base model knows, with radial attention."
     base_num_frames: Optional[int] = arg(None, "Length extension: frames of the base clips (the base model's length)")
-    data_dir: Optional[str] = arg(None, "Length extension: a prepare_training_data.py folder (its latents/extended and latents/base are the data)")
+    data_dir: Optional[str] = arg(None, "Length extension: a prepare_training_data.py folder: its latents/extended and latents/base are the data (over --data_path, --base_data_path)")
     base_data_path: Optional[str] = arg(None, "Length extension: preprocessed base-length latents (--data_path holds the extended ones)")
     base_loss_weight: float = arg(1.0, "Length extension: weight of the denoising loss at the base length (dense attention)")
     extended_loss_weight: float = arg(1.0, "Length extension: weight of the denoising loss at the extended length")

@@ -16,6 +16,7 @@ from ..videoio import atomic_path
 from ..parallel.attention import context_fields
 from ..train.flow import flow_matching_loss, sample_generators, dit_forward
 from ..train.lora import LoraFinetune
+from ..train.trainer import endless_batches
 
 # %% auto #0
 __all__ = ['base_config', 'base_latent_frames', 'adapters_disabled', 'PairedLoader', 'LengthExtension', 'LengthValidator',
@@ -46,16 +47,6 @@ def adapters_disabled(model):
         for m, o in zip(layers, old): m._disable_adapters = o
 
 # %% ../../nbs/61_recipes.length_extension.ipynb #6a1bc022
-def _cycle(loader):
-    "Endless batches of `loader`, epoch after epoch."
-    empty = 0
-    while True:
-        n = 0
-        for b in loader: n += 1; yield b
-        empty = 0 if n else empty + 1
-        if empty > 1: raise RuntimeError("the base-length loader yields no batches (too few samples for the batch size?)")
-        loader.set_epoch(loader.epoch + 1)
-
 class PairedLoader:
     "Extended-length batches, each with a base-length batch under 'base' (when there is a base loader)."
     def __init__(self, extended, base=None): self.extended, self.base, self._it = extended, base, None
@@ -68,7 +59,7 @@ class PairedLoader:
     def __iter__(self):
         for b in self.extended:
             if self.base is not None:
-                if self._it is None: self._it = _cycle(self.base)
+                if self._it is None: self._it = endless_batches(self.base)   # (the loop's own: epoch after epoch)
                 b['base'] = next(self._it)
             yield b
     def state_dict(self) -> dict:

@@ -21,8 +21,8 @@ from .checkpoint import (list_checkpoints, resolve_checkpoint, save_checkpoint, 
 
 # %% auto #0
 __all__ = ['make_optimizer', 'make_scheduler', 'autocast', 'NonFiniteLossError', 'OptimizerState', 'Loop', 'MetricsLog',
-           'read_metrics', 'read_validation_prompts', 'Validator', 'TrainResult', 'train', 'plot_losses',
-           'validation_viewer']
+           'read_metrics', 'read_validation_prompts', 'Validator', 'TrainResult', 'endless_batches', 'train',
+           'plot_losses', 'validation_viewer']
 
 # %% ../../nbs/44_train.trainer.ipynb #2d9310ec
 _OPT_KW = dict(adam_beta1='betas', adam_beta2='betas', adam_eps='eps', weight_decay='weight_decay')
@@ -346,7 +346,7 @@ class TrainResult:
     method: TrainingMethod = None
     metrics: dict = field(default_factory=dict)   # step -> every recorded value of that step
 
-def _batches(loader):
+def endless_batches(loader):
     "Endless batches, moving to the next epoch when one ends."
     empty = 0
     while True:
@@ -442,7 +442,7 @@ def _run(cfg, method, loop, loader, step, last_ck, progress, on_step) -> TrainRe
     t, ck, main, out = cfg.training, cfg.checkpoint, is_main(), Path(cfg.training.output_dir)
     metrics = MetricsLog(out, cfg.trainer.report_to == 'tensorboard', step) if main else None
     sampler = method.validation_sampler() if cfg.validation.log_validation else None
-    batches, res = _batches(loader), TrainResult({}, out, None, last_ck, 0.0, method)
+    batches, res = endless_batches(loader), TrainResult({}, out, None, last_ck, 0.0, method)
     bar = tqdm(total=t.max_train_steps, initial=step, desc=f'train {method.name}', disable=not (progress and main), unit='step')
     t0 = t_log = time.perf_counter(); n_run = since = 0
     method.train(True)
