@@ -40,7 +40,7 @@ COMMON=(--dataloader_num_workers 0 --mixed_precision no --report_to tensorboard 
         --lr_scheduler cosine --lr_warmup_steps 20 --weight_decay 0 --cfg_rate 0.1 --overwrite True
         --log_validation True --validation_dataset_file "$OUT/validation.json" --validation_sampling_steps 20 --validation_guidance_scale 3)
 videorecipes-train --model_path "$ZOO" --data_path "$OUT/data/latents/base" --output_dir "$OUT/base" --num_frames 9 "${SIZE[@]}" \
-  --train_batch_size 16 --learning_rate 3e-3 --max_train_steps "${BASE_STEPS:-3000}" --checkpointing_steps 1000 --validation_steps 1000 \
+  --train_batch_size 16 --learning_rate 3e-3 --max_train_steps "${BASE_STEPS:-10000}" --checkpointing_steps 2500 --validation_steps 2500 \
   "${COMMON[@]}"
 RADIAL=(--radial_block_size $TPF --radial_split_threshold $TPF --dense_layers 1 --dense_timesteps 2)
 videorecipes-train --method length_extension --model_path "$OUT/base/final" --data_dir "$OUT/data" --output_dir "$OUT/lora" \
