@@ -70,7 +70,7 @@ def _release_encoders(self:Sampler):
 
 Sampler.encode, Sampler.release_encoders = _encode, _release_encoders
 
-# %% ../nbs/04_sampling.ipynb #ae76e490
+# %% ../nbs/04_sampling.ipynb #c3a01dc7
 def _denoise_callback(dit):
     "A diffusers `callback_on_step_end` that tells `dit`'s attention context which denoising step comes next (or None)."
     from videorecipes.parallel.attention import attention_context
@@ -80,6 +80,7 @@ def _denoise_callback(dit):
     def cb(pipe, i, t, kwargs): ctx.denoise_step = i + 1; return {}
     return cb
 
+# %% ../nbs/04_sampling.ipynb #ae76e490
 @torch.no_grad()
 def _generate(self:Sampler, prompts, # a prompt or a list of prompts
               negative_prompt:str='', # shared negative prompt

@@ -154,15 +154,23 @@ def _radial_call(self:RadialAttention, q, k, v, key_mask=None, ctx=None):
         if ctx.denoise_step < self.dense_timesteps: return dense()
         noisy = None
     else:
-        sig = ctx.sigma if ctx.sigma is None or ctx.sigma.ndim == 1 else ctx.sigma.amax(-1)
-        noisy = None if self.dense_sigma is None or sig is None else (sig.to(q.device) > self.dense_sigma)
+        noisy = self.noisy(ctx.sigma)
         if noisy is not None and bool(noisy.all()): return dense()
     m = self.block_mask(ctx.grid, q.shape[1])   # (on the host: the kernels move it, FlexAttention keys its cache on it)
     out = block_sparse_attention(q, k, v, m, self.block_size, key_mask, self.impl)
-    if noisy is not None and bool(noisy.any()): out = torch.where(noisy.view(-1, 1, 1, 1), dense(), out)
+    if noisy is not None and bool(noisy.any()): out = torch.where(noisy.view(-1, 1, 1, 1).to(q.device), dense(), out)
     return out
 
-RadialAttention.__call__ = _radial_call
+def _noisy(self:RadialAttention, sigma) -> Optional[torch.Tensor]:
+    "Training: which samples are noisier than `dense_sigma` (a CPU bool tensor), decided once per forward, not per layer."
+    if self.dense_sigma is None or sigma is None: return None
+    last = getattr(self, '_last_noisy', None)
+    if last is not None and last[0] is sigma: return last[1]        # (every layer of a forward shares the context's σ)
+    sig = sigma if sigma.ndim == 1 else sigma.amax(-1)
+    self._last_noisy = (sigma, (sig > self.dense_sigma).cpu())      # one host sync per forward
+    return self._last_noisy[1]
+
+RadialAttention.__call__, RadialAttention.noisy = _radial_call, _noisy
 
 # %% ../../nbs/31_kernels.radial.ipynb #c96ab121
 def apply_radial(dit, decay:float=1.0, dense_layers:int=0, dense_timesteps:int=0, block_size:int=128, impl:str='auto',

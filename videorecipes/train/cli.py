@@ -72,6 +72,7 @@ LAUNCHERS = {
                                          validation_sampling_steps=20, dataloader_num_workers=0, text_max_length=512)),
 }
 
+# %% ../../nbs/45_train.cli.ipynb #748f431f
 _TORCHRUN = """#!/usr/bin/env bash
 # The torchrun call of every launchers/finetune_*.sh, which set NAME, KIND, DEFAULT_MODEL (empty: the tiny zoo),
 # DEFAULT_GPUS and FLAGS, then source this file with their arguments.
@@ -106,6 +107,7 @@ torchrun "${rdzv[@]}" --nproc_per_node "$NUM_GPUS" --max-restarts "${MAX_RESTART
   "${FLAGS[@]}" "${val[@]}" "$@"
 """
 
+# %% ../../nbs/45_train.cli.ipynb #9340cae8
 def launcher_argv(name:str) -> list[str]:
     "The flags `launchers/{name}.sh` passes (its shared `--config` file first, then its own flags, which win)."
     L = LAUNCHERS[name]
