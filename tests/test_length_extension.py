@@ -8,8 +8,7 @@ import torch
 from videorecipes.config import parse_args, ConfigError, attention_backend_name
 from videorecipes.train.trainer import train, read_metrics
 
-ROOT = Path(__file__).resolve().parents[1]
-ENV = dict(os.environ, OMP_NUM_THREADS='1', PYTHONHASHSEED='0', PYTHONWARNINGS='ignore')
+from helpers import ROOT, ENV, torchrun_train, i2v_runner
 
 
 @pytest.fixture(scope='module')
@@ -59,18 +58,12 @@ def test_exact_resume_of_both_lengths(data, tmp_path):
     assert a == b
 
 
-def _torchrun(args):
-    cmd = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', '2', '-m', 'videorecipes.train.cli', *args]
-    p = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=900, cwd=ROOT)
-    assert p.returncode == 0, p.stderr[-3000:]
-
-
 @pytest.mark.multiproc
 def test_sequence_parallel_with_checkpointing_matches_one_process(data, tmp_path):
     "Ulysses SP 2 (each rank all tokens of half the heads: the radial mask unchanged) with full activation checkpointing = one process."
     ac = ['--enable_gradient_checkpointing_type', 'full', '--max_train_steps', 3]
     train(parse_args(flags(data, tmp_path / 'one', *ac)), progress=False)
-    _torchrun(flags(data, tmp_path / 'sp', *ac, '--num_gpus', 2, '--sp_size', 2))
+    torchrun_train(flags(data, tmp_path / 'sp', *ac, '--num_gpus', 2, '--sp_size', 2))
     a, b = metrics(tmp_path / 'one'), metrics(tmp_path / 'sp')
     for s in a:
         for k in ('loss', 'extended_loss', 'base_loss', 'consistency_loss', 'grad_norm'): assert b[s][k] == pytest.approx(a[s][k], rel=2e-4, abs=1e-6), (s, k)
@@ -82,7 +75,7 @@ def test_fsdp_data_parallel_matches_one_process_and_picks_best_model(data, tmp_p
     val = tmp_path / 'val.json'; val.write_text(json.dumps(['a red circle moving right on a blue background']))
     v = ['--log_validation', 'True', '--validation_steps', 2, '--validation_dataset_file', val, '--validation_sampling_steps', 2]
     train(parse_args(flags(data, tmp_path / 'one', *v)), progress=False)
-    _torchrun(flags(data, tmp_path / 'dp', *v, '--num_gpus', 2, '--train_batch_size', 1))
+    torchrun_train(flags(data, tmp_path / 'dp', *v, '--num_gpus', 2, '--train_batch_size', 1))
     a, b = metrics(tmp_path / 'one'), metrics(tmp_path / 'dp')
     for s in a:
         for k in ('loss', 'extended_loss', 'base_loss'): assert b[s][k] == pytest.approx(a[s][k], rel=2e-4), (s, k)
@@ -97,21 +90,10 @@ def test_fsdp_data_parallel_matches_one_process_and_picks_best_model(data, tmp_p
 
 def test_radial_on_i2v_self_attention():
     "I2V: the image tokens are cross-attention context (dense); self-attention over the video is radial, and trains."
-    from videorecipes.zoo import tiny_zoo, load_transformer
-    from videorecipes.parallel.attention import set_attention
     from videorecipes.kernels.radial import RadialAttention
-    dit = load_transformer(tiny_zoo('i2v'), dtype='fp32')
-    g = torch.Generator().manual_seed(0)
-    x, t = torch.randn(1, 36, 9, 4, 4, generator=g), torch.tensor([400.])
-    txt, img = torch.randn(1, 16, dit.config.text_dim, generator=g), torch.randn(1, 257, dit.config.image_dim, generator=g)
-    small = dict(block_size=4, split_threshold=4)
-    def run(backend, grad=False):
-        h = set_attention(dit, backend)
-        try:
-            with torch.set_grad_enabled(grad): return dit(x, t, txt, img, return_dict=False)[0]
-        finally:
-            if not grad: h.remove()
     from videorecipes.parallel.attention import get_attention_backend
+    dit, run = i2v_runner()
+    small = dict(block_size=4, split_threshold=4)
     ref = run(get_attention_backend('sdpa'))   # (not diffusers' processor: it takes the last 512 context tokens as text)
     torch.testing.assert_close(run(RadialAttention(dense_layers=len(dit.blocks), **small)), ref, rtol=1e-5, atol=1e-5)
     assert (run(RadialAttention(**small)) - ref).abs().max() > 1e-4

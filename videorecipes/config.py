@@ -6,7 +6,7 @@
 __all__ = ['REQUIRED', 'FRAME_SAMPLING', 'SELECTIVE_KINDS', 'PLUGINS', 'ConfigError', 'arg', 'require', 'ModelArgs', 'DataArgs',
            'TrainingArgs', 'ParallelArgs', 'OptimizerArgs', 'ValidationArgs', 'LoraArgs', 'CheckpointArgs',
            'MemoryArgs', 'SelectiveArgs', 'MethodArgs', 'method_name', 'EMAArgs', 'TrainerArgs', 'EngineArgs',
-           'PreprocessArgs', 'num_slices', 'SelectiveExtraArgs', 'RadialArgs', 'LengthExtensionArgs',
+           'PreprocessArgs', 'num_slices', 'SelectiveExtraArgs', 'RadialArgs', 'VSAArgs', 'LengthExtensionArgs',
            'attention_backend_name', 'register_plugin', 'resolve_plugin', 'register_group', 'unregister_group',
            'registered_groups', 'Config', 'read_config_file', 'build_parser', 'parse_args', 'parse_command', 'run_cli',
            'run_subcommands']
@@ -391,6 +391,22 @@ class RadialArgs:
         require(self.pattern is None or cfg.engine.attention_backend in ('sdpa', 'radial'),
                 f"--pattern {self.pattern} and --attention_backend {cfg.engine.attention_backend} disagree: give one")
 
+# %% ../nbs/00_config.ipynb #2fbc1f2d
+@dataclass
+class VSAArgs:
+    "Video sparse attention (`kernels.vsa`): each 4×4×4 tile of queries attends to its top-k key tiles, found by a coarse pass."
+    VSA_sparsity: float = arg(0.9, "VSA: fraction of key tiles each query tile skips (the target of the schedule; at inference, the sparsity)")
+    VSA_decay_rate: float = arg(0.0, "VSA: sparsity added every --VSA_decay_interval_steps steps until --VSA_sparsity (0: the target from the start)")
+    VSA_decay_interval_steps: int = arg(1, "VSA: steps between sparsity increases")
+    VSA_train_gate: bool = arg(True, "VSA: train the coarse-branch gates (to_gate_compress); False keeps them as loaded (zero from a dense model)")
+    vsa_impl: str = arg('auto', "VSA: fine-stage kernel (auto: the vsa package where it imports, else FlexAttention on GPUs, else the reference)",
+                        choices=('auto', 'reference', 'flex', 'vsa'))
+
+    def validate(self, cfg):
+        require(0 <= self.VSA_sparsity < 1, f"--VSA_sparsity must be in [0, 1), got {self.VSA_sparsity}")
+        require(self.VSA_decay_rate >= 0, f"--VSA_decay_rate must be ≥ 0, got {self.VSA_decay_rate}")
+        require(self.VSA_decay_interval_steps >= 1, f"--VSA_decay_interval_steps must be ≥ 1, got {self.VSA_decay_interval_steps}")
+
 # %% ../nbs/00_config.ipynb #a2d403ba
 @dataclass
 class LengthExtensionArgs:
@@ -417,7 +433,8 @@ PLUGINS = dict(
     method={'full': 'videorecipes.train.full:FullFinetune', 'lora': 'videorecipes.train.lora:LoraFinetune',
             'selective': 'videorecipes.train.selective:SelectiveFinetune',
             'length_extension': 'videorecipes.recipes.length_extension:LengthExtension'},
-    attention_backend={'sdpa': 'videorecipes.parallel.attention:sdpa_attention', 'radial': 'videorecipes.kernels.radial:RadialAttention'},
+    attention_backend={'sdpa': 'videorecipes.parallel.attention:sdpa_attention', 'radial': 'videorecipes.kernels.radial:RadialAttention',
+                       'vsa': 'videorecipes.kernels.vsa:VideoSparseAttention'},
 )
 
 def attention_backend_name(cfg) -> str:
@@ -821,7 +838,7 @@ for _n, _c in [('model', ModelArgs), ('data', DataArgs), ('training', TrainingAr
                ('checkpoint', CheckpointArgs), ('memory', MemoryArgs), ('selective', SelectiveArgs),
                ('method', MethodArgs), ('ema', EMAArgs), ('trainer', TrainerArgs), ('engine', EngineArgs),
                ('preprocess', PreprocessArgs), ('selective_extra', SelectiveExtraArgs), ('radial', RadialArgs),
-               ('length_extension', LengthExtensionArgs)]:
+               ('length_extension', LengthExtensionArgs), ('vsa', VSAArgs)]:
     register_group(_n, _c)
 del _n, _c
 

@@ -165,6 +165,9 @@ class GenerateArgs:
     text_max_length: int = arg(512, "Prompt length in tokens (what the model was trained with; the tiny demo: 32)")
     lora_checkpoint_dir: Optional[str] = arg(None, "A LoRA to load first (a run's final/ or best_model/, or a .safetensors file)")
     pattern: str = arg('dense', "Attention: dense, or radial (a length-extension LoRA's)", choices=('dense', 'radial'))
+    attention_backend: Optional[str] = arg(None, "Attention: vsa (video sparse attention, with the gates the model or LoRA folder holds), radial or sdpa; over --pattern",
+                                           choices=('sdpa', 'radial', 'vsa'))
+    VSA_sparsity: float = arg(0.9, "VSA: fraction of key tiles each query tile skips")
     dense_layers: int = arg(0, "Radial: the first this many blocks stay dense")
     dense_timesteps: int = arg(0, "Radial: the first this many denoising steps stay dense")
     decay_factor: float = arg(1.0, "Radial: width of the attention band (the seed: 0.2)")
@@ -174,6 +177,7 @@ class GenerateArgs:
     def validate(self, a):
         require((a.num_frames - 1) % 4 == 0 and a.num_frames >= 1, f"--num_frames must be 4k+1, got {a.num_frames}")
         require(a.height % 16 == 0 and a.width % 16 == 0, f"--height and --width must be multiples of 16, got {a.height}x{a.width}")
+        require(0 <= a.VSA_sparsity < 1, f"--VSA_sparsity must be in [0, 1), got {a.VSA_sparsity}")
 
 # %% ../nbs/04_sampling.ipynb #c38c0f16
 def generate_cli(argv=None) -> list[Path]:
@@ -188,7 +192,12 @@ def generate_cli(argv=None) -> list[Path]:
     if a.lora_checkpoint_dir:
         require(Path(a.lora_checkpoint_dir).exists(), f"--lora_checkpoint_dir {a.lora_checkpoint_dir}: not found")
         s.pipeline().load_lora_weights(a.lora_checkpoint_dir)
-    if a.pattern == 'radial':
+    backend = a.attention_backend or ('radial' if a.pattern == 'radial' else 'sdpa')
+    if backend == 'vsa':
+        from videorecipes.kernels.vsa import apply_vsa
+        h = apply_vsa(s.parts['transformer'], a.VSA_sparsity, [path, a.lora_checkpoint_dir])
+        print(f"VSA at sparsity {a.VSA_sparsity}: gates from {', '.join(h.gates_from) or 'nowhere (a dense model: the fine stage alone)'}")
+    if backend == 'radial':
         from videorecipes.kernels.radial import apply_radial
         apply_radial(s.parts['transformer'], a.decay_factor, a.dense_layers, a.dense_timesteps, a.radial_block_size, split_threshold=a.radial_split_threshold)
     images = None

@@ -13,7 +13,7 @@ __all__ = ['IMPLS', 'expand_block_mask', 'block_sparse_reference', 'flex_block_m
            'block_sparse_attention']
 
 # %% ../../nbs/30_kernels.block_sparse.ipynb #dba1acd9
-def expand_block_mask(block_mask:torch.Tensor, # [Qb, Kb] or [H, Qb, Kb] bool
+def expand_block_mask(block_mask:torch.Tensor, # [..., Qb, Kb] bool (any leading dims)
                       block_size:int, q_len:int, kv_len:int=None,
                      ) -> torch.Tensor:
     "The token mask `[q_len, kv_len]` (or `[H, q_len, kv_len]`) of a block mask, cut to the sequence lengths."
@@ -27,13 +27,12 @@ def expand_block_mask(block_mask:torch.Tensor, # [Qb, Kb] or [H, Qb, Kb] bool
 # %% ../../nbs/30_kernels.block_sparse.ipynb #56d5ca67
 def _token_mask(block_mask, block_size, S, Sk, key_mask, device):
     m = expand_block_mask(block_mask.to(device), block_size, S, Sk)
-    m = m[None] if m.ndim == 2 else m[None]          # [1, 1 or H, S, Sk] after the next line
-    m = m if m.ndim == 4 else m[:, None]
+    m = m[None, None] if m.ndim == 2 else m[None] if m.ndim == 3 else m   # [1 or B, 1 or H, S, Sk]
     if key_mask is not None: m = m & key_mask[:, None, None, :].to(device)
     return m
 
 def block_sparse_reference(q, k, v, # [B, S, H, D]; keys/values [B, S_k, H, D]
-                           block_mask:torch.Tensor, # [Qb, Kb] or [H, Qb, Kb] bool
+                           block_mask:torch.Tensor, # [Qb, Kb], [H, Qb, Kb] or [B, H, Qb, Kb] bool
                            block_size:int,
                            key_mask:torch.Tensor=None, # [B, S_k] bool, False = padding
                           ) -> torch.Tensor:
@@ -53,21 +52,25 @@ def flex_block_mask(block_mask:torch.Tensor, block_size:int, q_len:int, kv_len:i
     from torch.nn.attention.flex_attention import BlockMask
     kv_len, device = q_len if kv_len is None else kv_len, device or block_mask.device
     kv_valid = kv_len if kv_valid is None else kv_valid
-    key = (block_mask.shape, hash(block_mask.cpu().numpy().tobytes()), block_size, q_len, kv_len, kv_valid, str(device))
-    if key_mask is None and key in _FLEX_CACHE: _FLEX_CACHE.move_to_end(key); return _FLEX_CACHE[key]
-    bm = block_mask.to(device)
-    bm = bm[None, None] if bm.ndim == 2 else bm[None]                  # [1, H or 1, Qb, Kb]
-    num = bm.sum(-1, dtype=torch.int32)
-    idx = torch.argsort((~bm).to(torch.int8), dim=-1, stable=True).to(torch.int32)   # kept blocks first, in order
-    per_head = block_mask.ndim == 3   # (the mask_mod repeats the block lookup: FlexAttention's eager path applies only the mask_mod)
+    cache = key_mask is None and block_mask.ndim < 4     # (a per-sample mask, VSA's, changes every call: not cached)
+    key = (block_mask.shape, hash(block_mask.cpu().numpy().tobytes()), block_size, q_len, kv_len, kv_valid, str(device)) if cache else None
+    if cache and key in _FLEX_CACHE: _FLEX_CACHE.move_to_end(key); return _FLEX_CACHE[key]
     bmd = block_mask.to(device)
-    keep = (lambda h, qi, ki: bmd[h, qi // block_size, ki // block_size]) if per_head else (lambda h, qi, ki: bmd[qi // block_size, ki // block_size])
-    if key_mask is None: mask_mod = lambda b, h, qi, ki: keep(h, qi, ki) & (ki < kv_valid)
+    bm = bmd[None, None] if bmd.ndim == 2 else bmd[None] if bmd.ndim == 3 else bmd   # [1 or B, 1 or H, Qb, Kb]
+    Kb = bm.shape[-1]                 # key blocks with no padding are "full": the compiled kernel skips the mask_mod there
+    whole = (torch.arange(Kb, device=device) + 1) * block_size <= kv_valid if key_mask is None else key_mask.to(device).view(-1, 1, 1, Kb, block_size).all(-1)[:, 0]
+    full, part = torch.broadcast_tensors(bm & whole, bm & ~whole)
+    lists = lambda m: (m.sum(-1, dtype=torch.int32), torch.argsort((~m).to(torch.int8), dim=-1, stable=True).to(torch.int32))  # kept first, in order
+    (num, idx), (fnum, fidx) = lists(part.contiguous()), lists(full.contiguous())
+    # (the mask_mod repeats the block lookup: FlexAttention's eager path applies only the mask_mod)
+    keep = {2: lambda b, h, qi, ki: bmd[qi // block_size, ki // block_size], 3: lambda b, h, qi, ki: bmd[h, qi // block_size, ki // block_size],
+            4: lambda b, h, qi, ki: bmd[b, h, qi // block_size, ki // block_size]}[bmd.ndim]
+    if key_mask is None: mask_mod = lambda b, h, qi, ki: keep(b, h, qi, ki) & (ki < kv_valid)
     else:
         km = key_mask.to(device)
-        mask_mod = lambda b, h, qi, ki: keep(h, qi, ki) & km[b, ki]
-    out = BlockMask.from_kv_blocks(num, idx, BLOCK_SIZE=block_size, mask_mod=mask_mod, seq_lengths=(q_len, kv_len))
-    if key_mask is None:
+        mask_mod = lambda b, h, qi, ki: keep(b, h, qi, ki) & km[b, ki]
+    out = BlockMask.from_kv_blocks(num, idx, fnum, fidx, BLOCK_SIZE=block_size, mask_mod=mask_mod, seq_lengths=(q_len, kv_len))
+    if cache:
         _FLEX_CACHE[key] = out
         if len(_FLEX_CACHE) > 16: _FLEX_CACHE.popitem(last=False)
     return out

@@ -16,7 +16,8 @@ from ..config import ConfigError, PLUGINS, register_plugin, resolve_plugin
 __all__ = ['AttentionBackend', 'FunctionBackend', 'sdpa_attention', 'register_attention_backend', 'get_attention_backend',
            'AttentionContext', 'attention_context', 'context_fields', 'SPState', 'shard_tokens', 'gather_tokens',
            'seq_to_heads', 'heads_to_seq', 'WanParallelAttnProcessor', 'TokenLayout', 'AttentionHandle',
-           'set_attention', 'enable_sequence_parallel', 'backend_parameters', 'uses_context_attention']
+           'set_attention', 'enable_sequence_parallel', 'backend_parameters', 'attention_logs',
+           'uses_context_attention']
 
 # %% ../../nbs/21_parallel.attention.ipynb #5faee560
 class AttentionBackend:
@@ -24,12 +25,21 @@ class AttentionBackend:
     def __call__(self, q, k, v, key_mask=None, ctx=None): raise NotImplementedError
     def init_module(self, attn, # a diffusers `WanAttention`
                     block:int, cross:bool) -> dict:
-        "Parameters this backend owns in `attn` (name -> `nn.Parameter`); they train, checkpoint and export with the DiT."
+        "Parameters this backend owns in `attn` (name -> `nn.Parameter`, or an `nn.Module` such as VSA's gate Linear); they train, checkpoint and export with the DiT."
         return {}
     def token_order(self, grid:tuple, # (frames, height, width) after patching
                    ) -> Optional[torch.Tensor]:
         "A permutation of the raster-order tokens (new position -> raster index) that self-attention sees, or None."
         return None
+    def gate_input(self, attn, hidden_states) -> Optional[torch.Tensor]:
+        "Per-token weights `[B, S, heads × head_dim]` this backend wants beside q, k, v in self-attention (VSA's gate), or None."
+        return None
+    def read_params(self, model_path) -> dict:
+        "Values for this backend's parameters that a model folder holds in another project's layout (FastVideo's VSA gates), or {}."
+        return {}
+    def log_values(self, train_step:int) -> dict:
+        "Numbers worth logging at a training step (VSA's scheduled sparsity), or {}."
+        return {}
 
 class FunctionBackend(AttentionBackend):
     "A function `fn(q, k, v, key_mask=None)` (optionally with a `ctx=` keyword) as a backend."
@@ -76,6 +86,7 @@ class AttentionContext:
     n_image_tokens: int = 0                      # I2V: leading context tokens that are the CLIP image's
     module: object = None                        # the attention module being run (its backend parameters live there)
     dense: bool = False                          # a method asks for dense attention in this forward (a sparse backend obliges)
+    gate: Optional[torch.Tensor] = None          # self-attention: the backend's `gate_input`, [B, S, H, D] laid out like q
     def at(self, block:int, cross:bool, module=None) -> 'AttentionContext':
         return dataclasses.replace(self, block=block, cross=cross, module=module)
 
@@ -208,6 +219,9 @@ def _processor_call(self, attn, hidden_states, encoder_hidden_states=None, atten
         ki, vi = _get_added_kv_projections(attn, img)
         ki = self._norm(attn.norm_added_k, ki)
         out_img = fn(q, ki.unflatten(2, (-1, hd)), vi.unflatten(2, (-1, hd)), None, ctx).flatten(2, 3).type_as(q)
+    if self_attn and ctx is not None and (g := fn.gate_input(attn, hidden_states)) is not None:
+        g = g.unflatten(2, (-1, hd))
+        ctx.gate = seq_to_heads(g, self.sp.group) if self.sp is not None else g
     if self_attn and self.sp is not None:
         st = self.sp
         q, k, v = (seq_to_heads(t, st.group) for t in (q, k, v))
@@ -303,7 +317,7 @@ def _add_backend_params(dit, backend, tp_group):
             new = backend.init_module(attn, i, cross) or {}
             if new and tp_group is not None:
                 raise ConfigError("--tp_size > 1 with an attention backend that owns parameters is not supported yet")
-            for n, p in new.items(): attn.register_parameter(n, p)
+            for n, p in new.items(): attn.register_module(n, p) if isinstance(p, torch.nn.Module) else attn.register_parameter(n, p)
             attn._vr_backend_params = tuple(new)
 
 def set_attention(dit, backend='sdpa', # an `--attention_backend` name or an `AttentionBackend`
@@ -330,7 +344,17 @@ def enable_sequence_parallel(dit, # a WanTransformer3DModel (before FSDP wraps i
 # %% ../../nbs/21_parallel.attention.ipynb #8ad591c0
 def backend_parameters(dit) -> dict:
     "Name -> parameter of every parameter an attention backend added to `dit` (VSA's gates, ...)."
-    return {f"{mn}.{n}" if mn else n: getattr(m, n) for mn, m in dit.named_modules() for n in getattr(m, '_vr_backend_params', ())}
+    out = {}
+    for mn, m in dit.named_modules():
+        for n in getattr(m, '_vr_backend_params', ()):
+            o, name = getattr(m, n), f"{mn}.{n}" if mn else n
+            out.update({f"{name}.{pn}": p for pn, p in o.named_parameters()} if isinstance(o, torch.nn.Module) else {name: o})
+    return out
+
+def attention_logs(dit, train_step:int) -> dict:
+    "What `dit`'s attention backend logs at `train_step` (`log_values`); {} without our processor."
+    h = getattr(dit, '_vr_attn', None)
+    return h.backend.log_values(train_step) if h is not None else {}
 
 def uses_context_attention(dit) -> bool:
     "Does `dit` run our processor (with an attention context)?"

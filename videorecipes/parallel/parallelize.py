@@ -148,6 +148,9 @@ def parallelize_wan(dit, # a WanTransformer3DModel (on its device, trainable par
     name = attention_backend_name(cfg) if cfg is not None else e.attention_backend
     if spg is not None: enable_sequence_parallel(dit, spg, get_attention_backend(name, cfg), tpg)
     elif _needs_processor(dit, name, spg, tpg): set_attention(dit, get_attention_backend(name, cfg), None, tpg)
+    if cfg is not None and backend_parameters(dit):     # a VSA model's gates, ...: the values its folder holds
+        from videorecipes.train.method import load_model_backend_params
+        load_model_backend_params(dit, cfg.model.model_path)
     if trainable and mem is not None:
         apply_ac(dit, mem.enable_gradient_checkpointing_type, mem.gradient_checkpointing_every_n, mem.gradient_checkpointing_skip_last)
     if e.compile_blocks: apply_compile(dit)

@@ -65,6 +65,12 @@ LAUNCHERS = {
         kind='t2v', model='Wan-AI/Wan2.1-T2V-14B-Diffusers', gpus=8, config='lora_length_extension',
         flags=dict(data_dir='outputs/length_extension_data', sp_size=8, mixed_precision='bf16', enable_gradient_checkpointing_type='full',
                    max_train_steps=2000, checkpointing_steps=200, validation_steps=200, validation_sampling_steps=50, dataloader_num_workers=2)),
+    'finetune_vsa_t2v': dict(
+        doc="VSA finetune of Wan2.1 T2V 1.3B: FastVideo's Wan2.1-VSA recipe (lr 1e-6, flow shift 1, sparsity 0.9 reached by 0.03 every 50 steps; 4 GPUs, data parallel)",
+        kind='t2v', model='Wan-AI/Wan2.1-T2V-1.3B-Diffusers', gpus=4, config='wan2.1-480p',
+        flags=dict(attention_backend='vsa', VSA_sparsity=0.9, VSA_decay_rate=0.03, VSA_decay_interval_steps=50, learning_rate=1e-6,
+                   weight_decay=0.01, cfg_rate=0.1, discrete_flow_shift=1.0, gradient_accumulation_steps=1, max_train_steps=4000,
+                   hsdp_replicate_dim=4, hsdp_shard_dim=1, seed=1000)),
     'finetune_cpu_tiny': dict(doc='Full finetune of the tiny zoo on the CPU (LoRA: add --lora_training True --learning_rate 1e-3)',
                               kind='t2v', model=None,
                               flags=dict(num_frames=17, num_height=64, num_width=64, train_batch_size=4, learning_rate=1e-3,

@@ -17,7 +17,7 @@ from .flow import flow_matching_loss, sample_generators
 # %% auto #0
 __all__ = ['BACKEND_FILE', 'Network', 'OptimizerSpec', 'TrainingMethod', 'train_step', 'parallelize', 'build_loader',
            'validation_sampler', 'prepare_dit', 'FlowMatchingMethod', 'register_method', 'method_from_config',
-           'save_backend_params', 'load_backend_params']
+           'save_backend_params', 'load_backend_params', 'load_model_backend_params']
 
 # %% ../../nbs/41_train.method.ipynb #c127a05d
 @dataclass
@@ -144,8 +144,9 @@ class FlowMatchingMethod(TrainingMethod):
         return flow_matching_loss(self.dit, batch, sample_generators(t.seed, step, micro, batch['indices']), t.weighting_scheme,
                                   t.discrete_flow_shift, t.min_timestep, t.max_timestep, self.device)
     def loss(self, batch, step, micro=0, opt='main'):
+        from videorecipes.parallel.attention import attention_logs
         loss, info = self.flow(batch, step, micro)
-        return loss, dict(sigma_mean=info['sigma'].mean())
+        return loss, dict(sigma_mean=info['sigma'].mean(), **attention_logs(self.dit, step))
 
 # %% ../../nbs/41_train.method.ipynb #dcd39d1a
 def register_method(name:str, cls, # a `TrainingMethod` subclass, or 'module:Class'
@@ -182,3 +183,20 @@ def load_backend_params(dit, folder):
                                                f"({len(keys)} vs {len(have)} tensors): set it up with --attention_backend {name}")
         with torch.no_grad():
             for k in keys: have[k].copy_(f.get_tensor(k))
+
+# %% ../../nbs/41_train.method.ipynb #509702e9
+def load_model_backend_params(dit, model_path, backend=None, # the installed `AttentionBackend` (default: `dit`'s)
+                             ) -> Optional[str]:
+    "Load the backend parameters `model_path` holds (its `attention_backend.safetensors`, else the backend's `read_params`); returns what was read, or None."
+    from videorecipes.parallel.attention import backend_parameters
+    have = backend_parameters(dit)
+    if not have or model_path is None or not Path(model_path).is_dir(): return None
+    if (Path(model_path) / BACKEND_FILE).exists():
+        load_backend_params(dit, model_path); return str(Path(model_path) / BACKEND_FILE)
+    b = backend if backend is not None else getattr(getattr(dit, '_vr_attn', None), 'backend', None)
+    sd = b.read_params(model_path) if b is not None else {}
+    if not sd: return None
+    if set(sd) != set(have): raise ValueError(f"{model_path}: its {type(b).__name__} parameters do not match this DiT's ({len(sd)} vs {len(have)} tensors)")
+    with torch.no_grad():
+        for k, v in sd.items(): have[k].copy_(v)
+    return f"{model_path} ({type(b).__name__} layout)"
