@@ -7,7 +7,7 @@
 #      sparsity of SPARSITIES, each reached by 0.05 every 10 steps;
 #   4. evaluate_vsa on held-out prompts (colour accuracy) and 32 held-out clips (flow-matching loss at fixed draws): the
 #      base dense and at each sparsity, the dense finetune dense and at each sparsity, each VSA finetune at its sparsity;
-#      the loss curves. (~70 min on 2 cores, most of it sampling 11 x 32 videos of 49 frames.)
+#      the loss curves. (About 70 min on 2 cores, the sum of its pieces here: training 24, sampling 11 x 32 videos 42.)
 # Outputs go to outputs/vsa_cpu/ (override with OUT=...). BASE (a dense pipeline folder) skips step 1; N, STEPS,
 # BASE_STEPS, PROMPTS, SPARSITIES size it.
 set -euo pipefail

@@ -1,5 +1,5 @@
-"""What several test files share: `videorecipes-train` under torchrun (2 gloo processes), and a tiny I2V DiT run under an
-attention backend."""
+"""What several test files share: a run stopped after a step and resumed, `videorecipes-train` under torchrun (2 gloo
+processes), and a tiny I2V DiT run under an attention backend."""
 import os, subprocess, sys
 from pathlib import Path
 import torch
@@ -30,3 +30,15 @@ def i2v_runner(latent_shape=(1, 36, 9, 4, 4), seed=0):
         finally:
             if not grad: h.remove()
     return dit, run
+
+
+def stop_and_resume(flags, out, stop_at, resume):
+    "Train `flags + --output_dir out`, raise out of the loop after step `stop_at` (a crash), then train again with `--resume_from_checkpoint resume`."
+    import pytest
+    from videorecipes.config import parse_args
+    from videorecipes.train.trainer import train
+    class Stop(Exception): pass
+    def stop(step, loss):
+        if step == stop_at: raise Stop
+    with pytest.raises(Stop): train(parse_args(flags(out)), progress=False, on_step=stop)
+    return train(parse_args(flags(out, '--resume_from_checkpoint', resume)), progress=False)

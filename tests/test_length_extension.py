@@ -8,7 +8,7 @@ import torch
 from videorecipes.config import parse_args, ConfigError, attention_backend_name
 from videorecipes.train.trainer import train, read_metrics
 
-from helpers import ROOT, ENV, torchrun_train, i2v_runner
+from helpers import ROOT, ENV, torchrun_train, i2v_runner, stop_and_resume
 
 
 @pytest.fixture(scope='module')
@@ -48,11 +48,7 @@ def test_radial_runs_at_the_extended_length_only(data, tmp_path, monkeypatch, pa
 def test_exact_resume_of_both_lengths(data, tmp_path):
     "Stopped after step 3 and resumed from checkpoint-2: every logged value of every step equals the uninterrupted run's."
     train(parse_args(flags(data, tmp_path / 'ref')), progress=False)
-    class Stop(Exception): pass
-    def stop(step, loss):
-        if step == 3: raise Stop
-    with pytest.raises(Stop): train(parse_args(flags(data, tmp_path / 'run')), progress=False, on_step=stop)
-    train(parse_args(flags(data, tmp_path / 'run', '--resume_from_checkpoint', 'latest')), progress=False)
+    stop_and_resume(lambda out, *x: flags(data, out, *x), tmp_path / 'run', 3, 'latest')
     a, b = metrics(tmp_path / 'ref'), metrics(tmp_path / 'run')
     assert sorted(a) == sorted(b) == [1, 2, 3, 4] and all({'base_loss', 'extended_loss', 'consistency_loss'} <= set(a[s]) for s in a)
     assert a == b

@@ -94,12 +94,15 @@ def score_model(model_path, # a diffusers pipeline folder (e.g. a run's `final/`
                 num_frames:int=9, height:int=32, width:int=32, num_inference_steps:int=20, guidance_scale:float=5.0,
                 seed:int=0, text_max_length:int=512, # the prompt length the model was trained with
                 out_dir=None, # write the videos and scores.json here
-                progress:bool=True) -> dict:
+                progress:bool=True,
+                attention=None, # a function of the transformer run before sampling (e.g. installing VSA, `recipes.vsa_finetune`)
+               ) -> dict:
     "Generate a video per prompt and score its colours; return the accuracies and per-prompt results."
     import torch
     from videorecipes.sampling import Sampler, save_videos
     s = Sampler(model_path)
     if lora is not None: s.pipeline().load_lora_weights(str(lora))  # the adapter lands on the shared transformer
+    if attention is not None: attention(s.parts['transformer'])
     vids = []
     for i, p in enumerate(tqdm(prompts, desc='score', disable=not progress)):
         vids += s.generate([p], num_frames=num_frames, height=height, width=width, num_inference_steps=num_inference_steps,

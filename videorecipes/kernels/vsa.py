@@ -21,7 +21,7 @@ __all__ = ['TILE', 'VSA_IMPLS', 'TileLayout', 'tile_layout', 'to_tiles', 'from_t
 # %% ../../nbs/32_kernels.vsa.ipynb #54ca1589
 TILE = (4, 4, 4)
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)      # (one object per grid, from tile_layout's cache: hashed and compared by identity)
 class TileLayout:
     "Where the tokens of a `(frames, height, width)` grid go in tile order."
     grid: tuple
@@ -51,14 +51,20 @@ def tile_layout(grid:tuple, # (frames, height, width) of the token grid after pa
     return TileLayout(grid, tiles, order, sizes, slots)
 
 # %% ../../nbs/32_kernels.vsa.ipynb #bc0f89dc
+@functools.lru_cache(maxsize=32)
+def _on(layout:TileLayout, device:torch.device) -> tuple:
+    "(slots, real-slot mask `[64·T]`, sizes) on `device`, once per layout and device (not a host-to-device copy per layer)."
+    slots = layout.slots.to(device)
+    return slots, torch.zeros(layout.padded, dtype=torch.bool, device=device).index_fill_(0, slots, True), layout.sizes.to(device)
+
 def to_tiles(x:torch.Tensor, layout:TileLayout) -> torch.Tensor:
     "Tile-ordered tokens `[B, S, ...]` → the zero-padded `[B, 64·T, ...]`."
     out = x.new_zeros(x.shape[0], layout.padded, *x.shape[2:])
-    return out.index_copy(1, layout.slots.to(x.device), x)
+    return out.index_copy(1, _on(layout, x.device)[0], x)
 
 def from_tiles(x:torch.Tensor, layout:TileLayout) -> torch.Tensor:
     "The padded `[B, 64·T, ...]` → the real tokens `[B, S, ...]`, in tile order."
-    return x.index_select(1, layout.slots.to(x.device))
+    return x.index_select(1, _on(layout, x.device)[0])
 
 # %% ../../nbs/32_kernels.vsa.ipynb #0542e38c
 def tile_means(x:torch.Tensor, # padded [B, 64·T, H, D]
@@ -93,7 +99,7 @@ def _vsa_package(q, k, v, layout, k_tiles, gate):
     except ImportError:
         try: from vsa import video_sparse_attn
         except Exception as e: raise RuntimeError(f"--vsa_impl vsa: neither fastvideo_kernel nor vsa imports here ({type(e).__name__}: {e}); use flex or reference") from None
-    sizes = layout.sizes.to(q.device)
+    sizes = _on(layout, q.device)[2]
     bhsd = lambda t: None if t is None else t.transpose(1, 2).contiguous()
     try: out = video_sparse_attn(bhsd(q), bhsd(k), bhsd(v), sizes, sizes, k_tiles, block_size=TILE, compress_attn_weight=bhsd(gate))
     except TypeError:   # vsa 0.0.4: one block-size tensor
@@ -103,7 +109,9 @@ def _vsa_package(q, k, v, layout, k_tiles, gate):
 # %% ../../nbs/32_kernels.vsa.ipynb #e126b708
 VSA_IMPLS = ('auto', 'reference', 'flex', 'vsa')
 
+@functools.lru_cache(maxsize=1)
 def _have_vsa_package() -> bool:
+    "(Looked up once: `auto` asks on every layer's call.)"
     import importlib.util
     return torch.cuda.is_available() and any(importlib.util.find_spec(m) is not None for m in ('fastvideo_kernel', 'vsa'))
 
@@ -122,11 +130,10 @@ def video_sparse_attention(q, k, v, # [B, S, H, D] in tile order (`tile_layout(g
     gp = None if gate is None else to_tiles(gate.to(q.dtype), L)
     if impl == 'vsa' or (impl == 'auto' and q.device.type == 'cuda' and _have_vsa_package()):
         return from_tiles(_vsa_package(qp, kp, vp, L, kt, gp), L)
-    out_c, scores = coarse_attention(qp, kp, vp, L.sizes)
+    _, valid, sizes = _on(L, q.device)
+    out_c, scores = coarse_attention(qp, kp, vp, sizes)
     mask = select_tiles(scores, kt)
-    valid = torch.zeros(L.padded, dtype=torch.bool, device=q.device).index_fill_(0, L.slots.to(q.device), True)
-    fine = block_sparse_attention(qp, kp, vp, mask, math.prod(TILE), valid[None].expand(q.shape[0], -1),
-                                  'reference' if impl == 'auto' and q.device.type != 'cuda' else 'flex' if impl == 'auto' else impl)
+    fine = block_sparse_attention(qp, kp, vp, mask, math.prod(TILE), valid[None].expand(q.shape[0], -1), impl)   # (auto: flex on CUDA)
     coarse = out_c.repeat_interleave(math.prod(TILE), 1)               # each tile's coarse output on its tokens
     out = fine + (coarse if gp is None else coarse * gp)
     return from_tiles(out, L)

@@ -125,6 +125,7 @@ def shard_tokens(x:torch.Tensor, st:SPState, dim:int=1) -> torch.Tensor:
         x = torch.cat([x, x.new_zeros(shape)], dim)
     return x.narrow(dim, st.rank * (p // st.size), p // st.size)
 
+# %% ../../nbs/21_parallel.attention.ipynb #0a97842b
 class _Gather(torch.autograd.Function):
     "All-gather along `dim`; backward keeps this rank's slice (every rank computes the same loss from the gathered tensor)."
     @staticmethod
@@ -145,6 +146,7 @@ def gather_tokens(x:torch.Tensor, st:SPState, dim:int=1) -> torch.Tensor:
     "Every rank's chunk, concatenated along `dim` with the padding dropped."
     return _Gather.apply(x, st.group, dim, st.n)
 
+# %% ../../nbs/21_parallel.attention.ipynb #29f3a34e
 def seq_to_heads(x:torch.Tensor, group) -> torch.Tensor:
     "[B, S/sp, H, D] (my tokens, all heads) → [B, S, H/sp, D] (all tokens, my heads)."
     from torch.distributed._functional_collectives import all_to_all_single_autograd, wait_tensor

@@ -20,21 +20,15 @@ __all__ = ['score_at', 'smoothed_losses', 'plot_losses', 'heldout_loss', 'Evalua
 def score_at(model_path, prompts:list, sparsity:Optional[float]=None, # None: dense attention
              num_frames:int=49, height:int=128, width:int=128, steps:int=20, guidance_scale:float=3.0, seed:int=0,
              text_max_length:int=32, progress:bool=True) -> dict:
-    "Colour accuracy of `model_path` on `prompts`, dense or with VSA at `sparsity` (its folder's gates loaded)."
-    from tqdm.auto import tqdm
-    from videorecipes.sampling import Sampler
-    from videorecipes.demo import colour_score
+    "Colour accuracy of `model_path` on `prompts` (`demo.score_model`), dense or with VSA at `sparsity` (its folder's gates loaded)."
+    from videorecipes.demo import score_model
     from videorecipes.kernels.vsa import apply_vsa
-    s = Sampler(model_path)
-    h = apply_vsa(s.parts['transformer'], sparsity, [model_path]) if sparsity is not None else None
-    rows = []
-    for i, p in enumerate(tqdm(prompts, desc=f'score {Path(model_path).parent.name} @ {sparsity}', disable=not progress)):
-        v = s.generate([p], num_frames=num_frames, height=height, width=width, num_inference_steps=steps,
-                       guidance_scale=guidance_scale, seed=seed + i, max_sequence_length=text_max_length)[0]
-        rows.append(colour_score(v, p))
-    if h is not None: h.remove()
-    return dict(model=str(model_path), sparsity=sparsity, gates=bool(h and h.gates_from), n=len(rows),
-                background=float(np.mean([r['background_ok'] for r in rows])), shape=float(np.mean([r['shape_ok'] for r in rows])))
+    gates = []
+    def vsa(dit): gates.extend(apply_vsa(dit, sparsity, [model_path]).gates_from)
+    r = score_model(model_path, prompts, None, num_frames, height, width, steps, guidance_scale, seed, text_max_length,
+                    progress=progress, attention=vsa if sparsity is not None else None)
+    return dict(model=str(model_path), sparsity=sparsity, gates=bool(gates), n=r['n'], background=r['background_accuracy'],
+                shape=r['shape_colour_accuracy'])
 
 # %% ../../nbs/62_recipes.vsa_finetune.ipynb #aac3335c
 def smoothed_losses(run_dir, window:int=50) -> tuple:
