@@ -7,9 +7,9 @@ __all__ = ['REQUIRED', 'FRAME_SAMPLING', 'SELECTIVE_KINDS', 'PLUGINS', 'ConfigEr
            'TrainingArgs', 'ParallelArgs', 'OptimizerArgs', 'ValidationArgs', 'LoraArgs', 'CheckpointArgs',
            'MemoryArgs', 'SelectiveArgs', 'MethodArgs', 'method_name', 'EMAArgs', 'TrainerArgs', 'EngineArgs',
            'PreprocessArgs', 'num_slices', 'SelectiveExtraArgs', 'RadialArgs', 'VSAArgs', 'LengthExtensionArgs',
-           'attention_backend_name', 'register_plugin', 'resolve_plugin', 'register_group', 'unregister_group',
-           'registered_groups', 'Config', 'read_config_file', 'build_parser', 'parse_args', 'parse_command', 'run_cli',
-           'run_subcommands']
+           'DMDArgs', 'attention_backend_name', 'register_plugin', 'resolve_plugin', 'register_group',
+           'unregister_group', 'registered_groups', 'Config', 'read_config_file', 'build_parser', 'parse_args',
+           'parse_command', 'run_cli', 'run_subcommands']
 
 # %% ../nbs/00_config.ipynb #8d9a7456
 import argparse, copy, dataclasses, difflib, errno, json, math, os, sys, tempfile, types
@@ -428,11 +428,50 @@ class LengthExtensionArgs:
             require(b is not None and b < e, f"the length_extension method needs --base_num_frames below the extended length (--num_frames, or --extended_num_frames: {e}), got {b}")
             require(self.base_loss_weight == 0 or self.base_data_path or self.data_dir, "--base_loss_weight > 0 needs --base_data_path (base-length latents) or --data_dir")
 
+# %% ../nbs/00_config.ipynb #c13cd97d
+@dataclass
+class DMDArgs:
+    "DMD2 distillation (`recipes.dmd2`): a few-step student, a frozen teacher (the real score) and a trained critic (the fake score)."
+    dmd_denoising_steps: list[int] = arg([1000, 757, 522], "DMD: the student's timesteps, in 1000ths, highest first (FastVideo: 1000,757,522 or 1000,750,500,250)")
+    warp_denoising_step: bool = arg(True, "DMD: put --dmd_denoising_steps on the --flow_shift grid (750 → 937.5 at shift 5), as FastVideo's recipes do")
+    flow_shift: float = arg(8.0, "DMD: shift of the timestep draws of the DMD and critic losses and of the warped student steps (the Wan recipes: 8)")
+    min_timestep_ratio: float = arg(0.02, "DMD: the loss timesteps are clamped to [min, max] x 1000")
+    max_timestep_ratio: float = arg(0.98, "DMD: upper clamp of the loss timesteps")
+    real_score_guidance_scale: float = arg(3.5, "DMD: the teacher's classifier-free guidance scale w (see --cfg_form)")
+    cfg_form: str = arg('dmd2', "DMD: dmd2 = cond + w(cond − uncond) (FastVideo's code); standard = uncond + w(cond − uncond): equal at w_standard = w_dmd2 + 1",
+                        choices=('dmd2', 'standard'))
+    generator_update_interval: int = arg(5, "DMD: the student steps every this many steps, the critic every step")
+    dmd_rollout: str = arg('simulate', "DMD: the student's input: simulate (no-grad rollout of its own steps from noise) or data (noised real latents)",
+                           choices=('simulate', 'data'))
+    fake_score_learning_rate: float = arg(8e-6, "DMD: the critic's learning rate (the student's is --learning_rate)")
+    teacher_model_path: Optional[str] = arg(None, "DMD: the teacher's pipeline folder or hub id (None: --model_path, which the student starts from)")
+    critic_model_path: Optional[str] = arg(None, "DMD: where the critic starts (None: the teacher)")
+    dmd_negative_prompt: Optional[str] = arg(None, "DMD: the teacher's unconditional prompt (None: the dataset's empty-prompt embedding, as its CFG was trained)")
+    dmd_stop_on_collapse: bool = arg(False, "DMD: stop when the student's samples collapse (see --dmd_collapse_*); the last checkpoint before it is kept")
+    dmd_collapse_std: list[float] = arg([0.5, 2.0], "DMD: healthy range of the student samples' std over the data latents' std (below: washed out or solid colour)")
+    dmd_collapse_temporal: list[float] = arg([0.1, 2.5], "DMD: healthy range of the samples' temporal variance over the data's (below: static video; above: flicker, flashing)")
+    dmd_collapse_patience: int = arg(3, "DMD: logged steps in a row outside the healthy ranges before the run stops")
+
+    def validate(self, cfg):
+        s = self.dmd_denoising_steps
+        require(s and all(0 < a <= 1000 for a in s) and all(a > b for a, b in zip(s, s[1:])),
+                f"--dmd_denoising_steps must be decreasing timesteps in (0, 1000], got {s}")
+        require(self.flow_shift > 0, f"--flow_shift must be > 0, got {self.flow_shift}")
+        require(0 <= self.min_timestep_ratio < self.max_timestep_ratio <= 1,
+                f"need 0 ≤ --min_timestep_ratio < --max_timestep_ratio ≤ 1, got {self.min_timestep_ratio}, {self.max_timestep_ratio}")
+        require(self.generator_update_interval >= 1, f"--generator_update_interval must be ≥ 1, got {self.generator_update_interval}")
+        require(self.fake_score_learning_rate >= 0, f"--fake_score_learning_rate must be ≥ 0, got {self.fake_score_learning_rate}")
+        require(len(self.dmd_collapse_std) == 2 and 0 <= self.dmd_collapse_std[0] < self.dmd_collapse_std[1],
+                f"--dmd_collapse_std must be two numbers low < high, got {self.dmd_collapse_std}")
+        require(len(self.dmd_collapse_temporal) == 2 and 0 <= self.dmd_collapse_temporal[0] < self.dmd_collapse_temporal[1],
+                f"--dmd_collapse_temporal must be two numbers low < high, got {self.dmd_collapse_temporal}")
+        require(self.dmd_collapse_patience >= 1, f"--dmd_collapse_patience must be ≥ 1, got {self.dmd_collapse_patience}")
+
 # %% ../nbs/00_config.ipynb #42348dc3
 PLUGINS = dict(
     method={'full': 'videorecipes.train.full:FullFinetune', 'lora': 'videorecipes.train.lora:LoraFinetune',
             'selective': 'videorecipes.train.selective:SelectiveFinetune',
-            'length_extension': 'videorecipes.recipes.length_extension:LengthExtension'},
+            'length_extension': 'videorecipes.recipes.length_extension:LengthExtension', 'dmd2': 'videorecipes.recipes.dmd2:DMD2'},
     attention_backend={'sdpa': 'videorecipes.parallel.attention:sdpa_attention', 'radial': 'videorecipes.kernels.radial:RadialAttention',
                        'vsa': 'videorecipes.kernels.vsa:VideoSparseAttention'},
 )
@@ -838,7 +877,7 @@ for _n, _c in [('model', ModelArgs), ('data', DataArgs), ('training', TrainingAr
                ('checkpoint', CheckpointArgs), ('memory', MemoryArgs), ('selective', SelectiveArgs),
                ('method', MethodArgs), ('ema', EMAArgs), ('trainer', TrainerArgs), ('engine', EngineArgs),
                ('preprocess', PreprocessArgs), ('selective_extra', SelectiveExtraArgs), ('radial', RadialArgs),
-               ('length_extension', LengthExtensionArgs), ('vsa', VSAArgs)]:
+               ('length_extension', LengthExtensionArgs), ('vsa', VSAArgs), ('dmd', DMDArgs)]:
     register_group(_n, _c)
 del _n, _c
 

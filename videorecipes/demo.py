@@ -96,6 +96,7 @@ def score_model(model_path, # a diffusers pipeline folder (e.g. a run's `final/`
                 out_dir=None, # write the videos and scores.json here
                 progress:bool=True,
                 attention=None, # a function of the transformer run before sampling (e.g. installing VSA, `recipes.vsa_finetune`)
+                sigmas=None, # a few-step student's noise levels (`sampling.few_step_scheduler`; `recipes.dmd2`)
                ) -> dict:
     "Generate a video per prompt and score its colours; return the accuracies and per-prompt results."
     import torch
@@ -103,14 +104,15 @@ def score_model(model_path, # a diffusers pipeline folder (e.g. a run's `final/`
     s = Sampler(model_path)
     if lora is not None: s.pipeline().load_lora_weights(str(lora))  # the adapter lands on the shared transformer
     if attention is not None: attention(s.parts['transformer'])
-    vids = []
+    vids, t0 = [], time.perf_counter()
     for i, p in enumerate(tqdm(prompts, desc='score', disable=not progress)):
         vids += s.generate([p], num_frames=num_frames, height=height, width=width, num_inference_steps=num_inference_steps,
-                           guidance_scale=guidance_scale, seed=seed + i, max_sequence_length=text_max_length)
+                           guidance_scale=guidance_scale, seed=seed + i, max_sequence_length=text_max_length, sigmas=sigmas)
+    dt = (time.perf_counter() - t0) / max(len(prompts), 1)
     rows = [colour_score(v, p) for v, p in zip(vids, prompts)]
     res = dict(model=str(model_path), lora=str(lora) if lora else None, n=len(rows),
                background_accuracy=float(np.mean([r['background_ok'] for r in rows])),
-               shape_colour_accuracy=float(np.mean([r['shape_ok'] for r in rows])), rows=rows)
+               shape_colour_accuracy=float(np.mean([r['shape_ok'] for r in rows])), seconds_per_video=dt, rows=rows)
     if out_dir is not None:
         out = Path(out_dir); save_videos(vids, out / 'videos', prompts, seed=seed)
         with atomic_path(out / 'scores.json') as tmp: tmp.write_text(json.dumps(res, indent=1))

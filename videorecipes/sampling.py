@@ -4,7 +4,7 @@
 
 # %% ../nbs/04_sampling.ipynb #41161fbc
 from __future__ import annotations
-import os, sys, time, json, contextlib
+import os, sys, time, json, contextlib, functools
 from dataclasses import dataclass
 from typing import Optional
 from pathlib import Path
@@ -15,7 +15,8 @@ from .videoio import write_video
 from .config import arg, require, REQUIRED, parse_command, run_cli
 
 # %% auto #0
-__all__ = ['unwrap_transformer', 'Sampler', 'save_videos', 'GenerateArgs', 'generate_cli', 'generate_main']
+__all__ = ['SCHEDULE_FILE', 'unwrap_transformer', 'Sampler', 'few_step_scheduler', 'read_few_step_schedule', 'save_videos',
+           'GenerateArgs', 'generate_cli', 'generate_main']
 
 # %% ../nbs/04_sampling.ipynb #b5289372
 def unwrap_transformer(model):
@@ -80,6 +81,27 @@ def _denoise_callback(dit):
     def cb(pipe, i, t, kwargs): ctx.denoise_step = i + 1; return {}
     return cb
 
+# %% ../nbs/04_sampling.ipynb #244efbd7
+SCHEDULE_FILE = 'dmd_schedule.json'
+
+def few_step_scheduler(sigmas, # the student's noise levels, highest first (its folder's `dmd_schedule.json`)
+                      ):
+    "A FlowMatchEulerDiscreteScheduler (shift 1, stochastic) whose `set_timesteps` takes exactly `sigmas`, then 0."
+    from diffusers import FlowMatchEulerDiscreteScheduler
+    s = FlowMatchEulerDiscreteScheduler(shift=1.0, stochastic_sampling=True)
+    s.set_timesteps = functools.partial(s.set_timesteps, sigmas=[float(x) for x in sigmas])
+    return s
+
+def read_few_step_schedule(folder) -> Optional[dict]:
+    "The `dmd_schedule.json` of a student's pipeline folder (`sigmas`, `denoising_steps`, ...), or None."
+    p = Path(folder) / SCHEDULE_FILE
+    if not p.is_file(): return None
+    try: d = json.loads(p.read_text())
+    except json.JSONDecodeError as e: raise ValueError(f"{p}: not valid JSON ({e})") from None
+    if not isinstance(d, dict) or not isinstance(d.get('sigmas'), list) or not all(isinstance(x, (int, float)) and 0 < x <= 1 for x in d['sigmas']):
+        raise ValueError(f"{p}: expected {{'sigmas': [numbers in (0, 1]], ...}}")
+    return d
+
 # %% ../nbs/04_sampling.ipynb #ae76e490
 @torch.no_grad()
 def _generate(self:Sampler, prompts, # a prompt or a list of prompts
@@ -91,11 +113,13 @@ def _generate(self:Sampler, prompts, # a prompt or a list of prompts
               transformer=None, # sample with this transformer instead of the constructor's
               max_sequence_length:int=512, # text length the pipeline pads prompts to
               embeds:dict=None, # what `encode` returned for these prompts (then the text/image encoders are not used)
+              sigmas=None, # a few-step student's noise levels (`few_step_scheduler`); then `num_inference_steps` is len(sigmas)
              ) -> list[np.ndarray]:
     "Generate one video per prompt as `uint8` frames `[T,H,W,3]`."
     if isinstance(prompts, str): prompts = [prompts]
     if self.kind == 'i2v' and (images is None or len(images) != len(prompts)): raise ValueError("an I2V pipeline needs one image per prompt (`images=`)")
     pipe = self.pipeline(transformer)
+    if sigmas is not None: pipe.scheduler, num_inference_steps = few_step_scheduler(sigmas), len(sigmas)
     dit = pipe.transformer
     was_training, videos = dit.training, []
     dit.eval()
@@ -107,7 +131,9 @@ def _generate(self:Sampler, prompts, # a prompt or a list of prompts
             if embeds is None: kw.update(prompt=prompt, negative_prompt=negative_prompt)
             else: kw.update({k: v[i] for k, v in embeds.items()})
             if self.kind == 'i2v': kw['image'] = _as_pil(images[i])
-            frames = pipe(**kw).frames[0]
+            with torch.random.fork_rng(devices=[self.device] if self.device.type == 'cuda' else []):
+                torch.manual_seed(seed + i)              # (a stochastic scheduler draws from the global generator)
+                frames = pipe(**kw).frames[0]
             videos.append((np.clip(frames, 0, 1) * 255 + 0.5).astype(np.uint8))
     finally:
         dit.train(was_training)
@@ -156,7 +182,9 @@ class GenerateArgs:
     height: int = arg(64, "Height, a multiple of 16")
     width: int = arg(64, "Width, a multiple of 16")
     num_inference_steps: int = arg(20, "Denoising steps")
-    guidance_scale: float = arg(5.0, "Classifier-free guidance scale")
+    guidance_scale: Optional[float] = arg(None, "Classifier-free guidance scale (None: 5, or 1 for a few-step student, whose guidance is distilled in)")
+    denoising_steps: Optional[list[int]] = arg(None, "A DMD student's few steps in 1000ths, e.g. 1000,757,522, warped on --flow_shift (None: its folder's dmd_schedule.json, if any)")
+    flow_shift: Optional[float] = arg(None, "The shift grid --denoising_steps are warped on (None: the folder's dmd_schedule.json, else 8 as in the Wan recipes)")
     seed: int = arg(0, "Seed of the first video (video i uses seed + i)")
     dtype: str = arg('fp32', "Transformer dtype", choices=('fp32', 'bf16', 'fp16'))
     device: Optional[str] = arg(None, "Where to run (None: cuda if available, else cpu)")
@@ -178,6 +206,21 @@ class GenerateArgs:
         require((a.num_frames - 1) % 4 == 0 and a.num_frames >= 1, f"--num_frames must be 4k+1, got {a.num_frames}")
         require(a.height % 16 == 0 and a.width % 16 == 0, f"--height and --width must be multiples of 16, got {a.height}x{a.width}")
         require(0 <= a.VSA_sparsity < 1, f"--VSA_sparsity must be in [0, 1), got {a.VSA_sparsity}")
+        s = a.denoising_steps
+        require(s is None or (s and all(0 < x <= 1000 for x in s) and all(x > y for x, y in zip(s, s[1:]))),
+                f"--denoising_steps must be decreasing timesteps in (0, 1000], got {s}")
+
+# %% ../nbs/04_sampling.ipynb #4f00ef07
+def _few_step_sigmas(a:GenerateArgs, path) -> Optional[list]:
+    "The few-step σ to sample with: from --denoising_steps, else the folder's dmd_schedule.json, else None (the folder's scheduler)."
+    sched = read_few_step_schedule(path) if Path(str(path)).is_dir() else None
+    if a.denoising_steps:
+        from videorecipes.recipes.dmd2 import student_sigmas
+        shift = a.flow_shift if a.flow_shift is not None else (sched or {}).get('flow_shift', 8.0)
+        sigmas = student_sigmas(a.denoising_steps, shift, (sched or {}).get('warp_denoising_step', True)).tolist()
+    else: sigmas = sched['sigmas'] if sched else None
+    if sigmas: print(f"few-step sampling: {len(sigmas)} steps at σ = {', '.join(f'{x:.4f}' for x in sigmas)}")
+    return sigmas
 
 # %% ../nbs/04_sampling.ipynb #c38c0f16
 def generate_cli(argv=None) -> list[Path]:
@@ -206,10 +249,11 @@ def generate_cli(argv=None) -> list[Path]:
         from videorecipes.videoio import read_video
         is_video = lambda p: Path(p).suffix.lower() in ('.mp4', '.mov', '.webm', '.mkv', '.avi')
         images = [read_video(p, max_frames=1)[0][0] if is_video(p) else Image.open(p).convert('RGB') for p in a.image]
+    sigmas = _few_step_sigmas(a, path)
     t1 = time.time()
     vids = s.generate(a.prompt, negative_prompt=a.negative_prompt, num_frames=a.num_frames, height=a.height, width=a.width,
-                      num_inference_steps=a.num_inference_steps, guidance_scale=a.guidance_scale, seed=a.seed, images=images,
-                      max_sequence_length=a.text_max_length)
+                      num_inference_steps=a.num_inference_steps, seed=a.seed, images=images, max_sequence_length=a.text_max_length,
+                      guidance_scale=a.guidance_scale if a.guidance_scale is not None else 1.0 if sigmas else 5.0, sigmas=sigmas)
     paths = save_videos(vids, a.output_dir, a.prompt, seed=a.seed, fps=a.fps)
     print(f"generated {len(paths)} video(s) of {a.num_frames}x{a.height}x{a.width} in {time.time()-t1:.1f}s:")
     for p in paths: print('  ', p)

@@ -8,21 +8,22 @@ import json, os, sys
 from pathlib import Path
 from ..config import parse_args, run_cli, ConfigError
 from ..videoio import atomic_path
-from .trainer import train, NonFiniteLossError
+from .trainer import train, NonFiniteLossError, UnhealthyRunError
 
 # %% auto #0
-__all__ = ['LAUNCHER_CONFIGS', 'LAUNCHERS', 'train_cli', 'train_main', 'launcher_argv', 'render_launcher', 'write_launchers']
+__all__ = ['LAUNCHER_CONFIGS', 'LAUNCHERS', 'train_cli', 'train_main', 'launcher_argv', 'render_launcher', 'write_launchers',
+           'render_slurm']
 
 # %% ../../nbs/45_train.cli.ipynb #e5299487
 def _train(argv) -> int:
     try: r = train(parse_args(argv, prog='videorecipes-train'))
-    except NonFiniteLossError as e: print(f"videorecipes-train: error: {e}", file=sys.stderr); return 3
+    except (NonFiniteLossError, UnhealthyRunError) as e: print(f"videorecipes-train: error: {e}", file=sys.stderr); return 3
     if r.final is not None and int(os.environ.get('RANK', 0)) == 0:   # (the process group is closed by now)
         print(f"trained {len(r.metrics)} steps at {r.seconds_per_step:.3f} s/step; final: {r.final}; metrics: {r.output_dir / 'metrics.jsonl'}")
     return 0
 
 def train_cli(argv=None) -> int:
-    "`videorecipes-train [flags]`: parse the flags, train, print where the results are. Returns the exit code (2: a mistake to fix, 3: non-finite)."
+    "`videorecipes-train [flags]`: parse the flags, train, print where the results are. Returns the exit code (2: a mistake to fix, 3: non-finite, or a failed health check such as a DMD collapse)."
     from videorecipes.data.video import DatasetError
     from videorecipes.zoo import ModelLoadError
     from videorecipes.train.checkpoint import CheckpointError
@@ -77,6 +78,20 @@ LAUNCHERS = {
                                          mixed_precision='no', max_train_steps=100, checkpointing_steps=50, validation_steps=50,
                                          validation_sampling_steps=20, dataloader_num_workers=0, text_max_length=512)),
 }
+
+# %% ../../nbs/45_train.cli.ipynb #1bd59bbd
+_DMD = dict(method='dmd2', num_frames=61, num_height=448, num_width=832, train_batch_size=1, gradient_accumulation_steps=1,
+            learning_rate=2e-6, fake_score_learning_rate=8e-6, adam_beta1=0.0, adam_beta2=0.999, weight_decay=0.01, ema_decay=0.98,
+            ema_final=True, cfg_rate=0.0, real_score_guidance_scale=3.5, generator_update_interval=5, flow_shift=8.0,
+            max_train_steps=4000, checkpointing_steps=500, validation_steps=100, seed=1000)
+LAUNCHERS.update({
+    'distill_dmd_t2v': dict(doc="DMD2 distillation of Wan2.1 T2V 1.3B into a 4-step student: FastVideo's Wan-Syn-480P DMD recipe (4 GPUs)",
+                            kind='t2v', model='Wan-AI/Wan2.1-T2V-1.3B-Diffusers', gpus=4, config='wan2.1-480p', slurm=dict(nodes=1),
+                            flags=dict(_DMD, dmd_denoising_steps='1000,750,500,250')),
+    'distill_dmd_VSA_t2v': dict(doc="DMD2 + VSA (sparsity 0.8 on the student; dense teacher and critic) of Wan2.1 T2V 1.3B into a 3-step student (4 GPUs)",
+                                kind='t2v', model='Wan-AI/Wan2.1-T2V-1.3B-Diffusers', gpus=4, config='wan2.1-480p', slurm=dict(nodes=1),
+                                flags=dict(_DMD, dmd_denoising_steps='1000,757,522', attention_backend='vsa', VSA_sparsity=0.8)),
+})
 
 # %% ../../nbs/45_train.cli.ipynb #748f431f
 _TORCHRUN = """#!/usr/bin/env bash
@@ -143,8 +158,37 @@ def write_launchers(folder='launchers') -> list[Path]:
         p = folder / 'configs' / f'{name}.json'; p.parent.mkdir(parents=True, exist_ok=True)
         with atomic_path(p) as tmp: tmp.write_text(json.dumps(flags, indent=1) + '\n')
         out.append(p)
-    for name, text in [('train_torchrun', _TORCHRUN)] + [(n, render_launcher(n)) for n in LAUNCHERS]:
-        p = folder / f'{name}.sh'
+    files = ([('train_torchrun.sh', _TORCHRUN)] + [(f'{n}.sh', render_launcher(n)) for n in LAUNCHERS] +
+             [(f'{n}.slurm', render_slurm(n)) for n, L in LAUNCHERS.items() if L.get('slurm')])
+    for fname, text in files:
+        p = folder / fname
         with atomic_path(p) as tmp: tmp.write_text(text)
         p.chmod(0o755); out.append(p)
     return out
+
+# %% ../../nbs/45_train.cli.ipynb #0844781e
+def render_slurm(name:str) -> str:
+    "The text of `launchers/{name}.slurm` (`sbatch launchers/{name}.slurm [flags]`) from `LAUNCHERS`."
+    L, argv = LAUNCHERS[name], launcher_argv(name)
+    pairs = ' \\\n  '.join(' '.join(argv[i:i + 2]) for i in range(0, len(argv), 2))
+    gpus, nodes = L.get('gpus', 1), L['slurm'].get('nodes', 1)
+    return f"""#!/usr/bin/env bash
+#SBATCH --job-name={name}
+#SBATCH --nodes={nodes}
+#SBATCH --ntasks-per-node=1
+#SBATCH --gres=gpu:{gpus}
+#SBATCH --cpus-per-task={8 * gpus}
+#SBATCH --output=slurm_logs/{name}_%j.out
+#SBATCH --exclusive
+# {L['doc']}: `sbatch launchers/{name}.slurm [videorecipes-train flags]` from the repository root (DATA, MODEL_PATH, OUT as in the .sh).
+# Generated by videorecipes.train.cli.write_launchers from nbs/45_train.cli.ipynb: edit the table there.
+set -euo pipefail
+cd "${{SLURM_SUBMIT_DIR:-.}}"
+source launchers/setup_env.sh
+head=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)
+srun --ntasks-per-node=1 torchrun --nnodes "$SLURM_JOB_NUM_NODES" --nproc_per_node {gpus} \\
+  --rdzv_backend c10d --rdzv_endpoint "$head:${{RDZV_PORT:-29500}}" --rdzv_id "$SLURM_JOB_ID" --no-python videorecipes-train \\
+  --model_path "${{MODEL_PATH:-{L['model']}}}" --model_type {L['kind']} --data_path "${{DATA:-outputs/data/{L['kind']}}}" \\
+  --output_dir "${{OUT:-outputs/{name}}}" --num_gpus "$((SLURM_JOB_NUM_NODES * {gpus}))" \\
+  {pairs} "$@"
+"""

@@ -25,6 +25,7 @@ def _base_folder(model_path) -> Path:
 def write_pipeline_folder(base, # the base pipeline: folder or hub id (its other components are copied)
                           transformer, # the trained `WanTransformer3DModel`
                           out, # the folder to write (replaced atomically)
+                          edit=None, # edit(folder): more changes inside the folder before it is put in place (e.g. a scheduler)
                          ) -> Path:
     "A complete diffusers pipeline folder: `base` with its `transformer/` replaced by `transformer`."
     from videorecipes.sampling import unwrap_transformer
@@ -35,6 +36,7 @@ def write_pipeline_folder(base, # the base pipeline: folder or hub id (its other
             if p.name in ('transformer', 'transformer_2') or p.name.startswith('.'): continue
             (shutil.copytree if p.is_dir() else shutil.copy2)(p, tmp / p.name)
         unwrap_transformer(transformer).save_pretrained(tmp / 'transformer', safe_serialization=True)
+        if edit is not None: edit(tmp)
     return out
 
 class FullFinetune(FlowMatchingMethod):

@@ -70,6 +70,10 @@ class TrainingMethod:
     def loss(self, batch:dict, step:int, micro:int=0, opt:str='main') -> tuple:
         "(loss, logs) of one micro-batch, for optimizer `opt`."
         raise NotImplementedError
+    health_patience: int = 0   # unhealthy logged steps in a row before the loop stops the run (0: never)
+    def health(self, step:int, metrics:dict) -> Optional[str]:
+        "Why the run looks unhealthy at logged step `step` (its `metrics`), or None. While it does, with `health_patience` > 0, no checkpoint is written."
+        return None
     def validation_transformer(self):
         "The DiT the default validation sampler uses: the first trainable DiT."
         return next((n.module for n in self.networks() if n.trainable and n.dit), None)

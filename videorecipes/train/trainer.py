@@ -22,7 +22,7 @@ from .checkpoint import (list_checkpoints, resolve_checkpoint, save_checkpoint, 
 # %% auto #0
 __all__ = ['make_optimizer', 'make_scheduler', 'autocast', 'NonFiniteLossError', 'OptimizerState', 'Loop', 'MetricsLog',
            'read_metrics', 'read_validation_prompts', 'Validator', 'TrainResult', 'endless_batches', 'train',
-           'plot_losses', 'validation_viewer']
+           'UnhealthyRunError', 'plot_losses', 'validation_viewer']
 
 # %% ../../nbs/44_train.trainer.ipynb #2d9310ec
 _OPT_KW = dict(adam_beta1='betas', adam_beta2='betas', adam_eps='eps', weight_decay='weight_decay')
@@ -267,8 +267,11 @@ class Validator:
     "Samples the validation prompts with an in-memory DiT and writes mp4 files (and TensorBoard frames)."
     def __init__(self, cfg:Config, device, transformer=None, # the DiT, or a function returning it (sampled at each call)
                  subdir:str='validation', # under --output_dir
+                 sigmas:list=None, # a few-step student's noise levels (`sampling.few_step_scheduler`)
+                 guidance_scale:float=None, # default --validation_guidance_scale
                 ):
         self.cfg, self.device, self.transformer, self.subdir = cfg, device, transformer, subdir
+        self.sigmas, self.guidance_scale = sigmas, guidance_scale
         self.entries = read_validation_prompts(cfg.validation.validation_dataset_file)
         self.sampler = self.embeds = None
 
@@ -295,7 +298,8 @@ def _validate(self:Validator, step:int, metrics:MetricsLog=None) -> list[Path]:
     devs = [torch.device(self.device)] if torch.device(self.device).type == 'cuda' else []
     with torch.random.fork_rng(devices=devs), autocast(c, self.device):
         vids = self.sampler.generate(prompts, num_frames=(t.latent_t - 1) * 4 + 1, height=t.num_height, width=t.num_width,
-                                     num_inference_steps=v.validation_sampling_steps, guidance_scale=v.validation_guidance_scale,
+                                     num_inference_steps=v.validation_sampling_steps, sigmas=self.sigmas,
+                                     guidance_scale=v.validation_guidance_scale if self.guidance_scale is None else self.guidance_scale,
                                      seed=t.seed, images=self.images, transformer=dit, max_sequence_length=c.data.text_max_length,
                                      embeds=self.embeds)
     if not is_main(): return []
@@ -444,7 +448,7 @@ def _run(cfg, method, loop, loader, step, last_ck, progress, on_step) -> TrainRe
     sampler = method.validation_sampler() if cfg.validation.log_validation else None
     batches, res = endless_batches(loader), TrainResult({}, out, None, last_ck, 0.0, method)
     bar = tqdm(total=t.max_train_steps, initial=step, desc=f'train {method.name}', disable=not (progress and main), unit='step')
-    t0 = t_log = time.perf_counter(); n_run = since = 0
+    t0 = t_log = time.perf_counter(); n_run = since = 0; health = dict(bad=0, suspect=False)
     method.train(True)
     try:
         while step < t.max_train_steps:
@@ -460,7 +464,8 @@ def _run(cfg, method, loop, loader, step, last_ck, progress, on_step) -> TrainRe
                 _collect(loop, res, last_ck)
                 if log and main: metrics.log(step, **res.metrics[step], s_per_step=dt, epoch=getattr(loader, 'epoch', 0))
                 bar.set_postfix(loss=f"{res.losses.get(step, float('nan')):.4f}", s_step=f'{dt:.3f}')
-            if save:
+                _check_health(method, step, res, last_ck, health)   # (after the step's metrics are written)
+            if save and not health['suspect']:
                 stateful, host, plain = _checkpoint_parts(method, loop, loader, cfg)
                 last_ck = res.last_checkpoint = save_checkpoint(out, step, stateful, host, plain, ck.checkpoints_total_limit)
             if val:
@@ -482,6 +487,19 @@ def _collect(loop, res, last_ck):
     except NonFiniteLossError as e: raise NonFiniteLossError(f"{e}; stopping. Last good checkpoint: {last_ck or 'none yet'}") from None
     res.metrics.update(recs)
     res.losses.update({s: r['loss'] for s, r in recs.items() if 'loss' in r})
+
+# %% ../../nbs/44_train.trainer.ipynb #1cb09c28
+class UnhealthyRunError(RuntimeError):
+    "The method's health check failed `health_patience` logged steps in a row; the message says why and names the last good checkpoint."
+
+def _check_health(method, step, res, last_ck, state:dict):
+    "Ask the method about `step`'s metrics; keep count of unhealthy steps in a row in `state`; stop the run after its patience."
+    why = method.health(step, res.metrics[step]) if step in res.metrics else None
+    state['bad'] = state['bad'] + 1 if why else 0
+    state['suspect'] = bool(why) and method.health_patience > 0
+    if why and state['bad'] == 1 and is_main(): tqdm.write(f"step {step}: {why}")
+    if why and 0 < method.health_patience <= state['bad']:
+        raise UnhealthyRunError(f"{why} at step {step}, {state['bad']} logged steps in a row; stopping. Last good checkpoint: {last_ck or 'none yet'}")
 
 # %% ../../nbs/44_train.trainer.ipynb #a648fdd5
 def plot_losses(output_dir, # a run's output folder
