@@ -18,15 +18,16 @@ SIZE = ['--num_frames', 9, '--num_height', 32, '--num_width', 32, '--text_max_le
 
 
 def test_toy_student_beats_the_teachers_own_four_steps():
-    "A 4-step DMD2 student of the 8-Gaussian teacher: from above 0.2 to below 0.10 SWD, and below the teacher's 4 Euler steps."
+    "A 4-step DMD2 student of the 8-Gaussian teacher: SWD below 0.10, below the teacher's 4 Euler steps and its undistilled 4-step sampling, and most samples on the modes."
     torch.manual_seed(0)
     teacher = dmd2.train_flow()
     base = dmd2.toy_evaluate(teacher)
-    out = dmd2.toy_dmd(teacher, steps=1500)
-    final = out['log'][-1]['swd']
-    print(base, [round(l['swd'], 4) for l in out['log']])
-    assert base['student_at_init'] > 0.2 and base['teacher_euler_50'] < 0.05
-    assert final < 0.10 and final < base['teacher_euler_4']
+    out = dmd2.toy_dmd(teacher)
+    final = out['log'][-1]
+    print(base, [(l['swd'], l['near']) for l in out['log']])
+    assert base['teacher_euler_50'][0] < 0.05 and base['teacher_euler_4'][1] < 0.2
+    assert final['swd'] < 0.10 and final['swd'] < base['teacher_euler_4'][0] and final['swd'] < base['student_at_init'][0]
+    assert final['near'] > 0.8 and final['near'] > base['student_at_init'][1] + 0.15
 
 
 def test_cfg_forms_give_the_same_real_score():
@@ -74,17 +75,27 @@ def test_exact_resume_of_student_critic_and_ema(data, tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_two_gloo_processes_match_one(data, tmp_path):
-    "FSDP over 2 processes (batch 1 each) against one process (batch 2): the same DMD and critic losses and the same student."
-    train(parse_args(flags(data, tmp_path / 'one', '--checkpointing_steps', 4)), progress=False)
-    torchrun_train(flags(data, tmp_path / 'two', '--checkpointing_steps', 4, '--train_batch_size', 1, '--num_gpus', 2))
+@pytest.mark.parametrize('lora', [False, True])
+def test_two_gloo_processes_match_one(data, tmp_path, lora):
+    "FSDP over 2 processes (batch 1 each) against one process (batch 2): the same DMD and critic losses and the same student (full, or LoRA adapters on one shared base)."
+    x = ['--dmd_lora', True, '--lora_rank', 4, '--lora_alpha', 4, '--learning_rate', 1e-3] if lora else []
+    train(parse_args(flags(data, tmp_path / 'one', '--checkpointing_steps', 4, *x)), progress=False)
+    torchrun_train(flags(data, tmp_path / 'two', '--checkpointing_steps', 4, '--train_batch_size', 1, '--num_gpus', 2, *x))
     m1, m2 = metrics(tmp_path / 'one'), metrics(tmp_path / 'two')
     for s in m1:
         for k in ('loss', 'critic_loss', 'dmd_normaliser'):
             if k in m1[s]: assert m1[s][k] == pytest.approx(m2[s][k], rel=1e-4), (s, k)
     from safetensors.torch import load_file
-    a, b = (load_file(str(p / 'final' / 'transformer' / 'diffusion_pytorch_model.safetensors')) for p in (tmp_path / 'one', tmp_path / 'two'))
-    assert all(torch.allclose(a[k], b[k], atol=1e-5) for k in a)
+    f = 'pytorch_lora_weights.safetensors' if lora else 'transformer/diffusion_pytorch_model.safetensors'
+    a, b = (load_file(str(p / 'final' / f)) for p in (tmp_path / 'one', tmp_path / 'two'))
+    assert a.keys() == b.keys()
+    # Adam with beta1 = 0 steps each weight by about lr * sign(g): where g is nearly 0, the reduction order can flip a
+    # step, so the bound is one step (lr) at worst, and the mean difference must be tiny next to how far the weights moved
+    init = {} if lora else load_file(str(Path(data['zoo']) / 'transformer' / 'diffusion_pytorch_model.safetensors'))
+    diff = torch.cat([(a[k] - b[k]).abs().flatten() for k in a])
+    moved = torch.cat([(a[k] - init.get(k, torch.zeros_like(a[k]))).abs().flatten() for k in a])
+    assert diff.max() <= 1.1 * 1e-3 if lora else diff.max() <= 1.1e-4, diff.max()
+    assert diff.mean() < 0.01 * moved.mean(), (diff.mean(), moved.mean())
 
 
 def test_collapse_stops_the_run_keeping_the_last_good_checkpoint(data, tmp_path, capsys):
@@ -93,7 +104,7 @@ def test_collapse_stops_the_run_keeping_the_last_good_checkpoint(data, tmp_path,
     lo, hi = 0.5, 1.5
     bad = flags(data, tmp_path / 'bad', '--learning_rate', 3e-3, '--max_train_steps', 30, '--generator_update_interval', 1,
                 '--dmd_stop_on_collapse', True, '--dmd_collapse_patience', 2, '--dmd_collapse_std', f'{lo},{hi}',
-                '--dmd_collapse_temporal', '0.001,1000', '--checkpoints_total_limit', 100)
+                '--dmd_collapse_temporal', '0.001,1000', '--dmd_collapse_critic', 1000, '--checkpoints_total_limit', 100)
     assert train_cli(bad) == 3
     err = capsys.readouterr().err
     m = metrics(tmp_path / 'bad')
@@ -130,3 +141,25 @@ def test_sparse_student_dense_teacher_and_critic(data, tmp_path):
     assert gates and not backend_parameters(m.teacher) and not backend_parameters(m.critic)
     assert any(g.abs().sum() > 0 for g in gates.values())               # zero-initialised, moved by the student's step
     assert (res.final / BACKEND_FILE).exists()
+
+
+def test_lora_student_and_critic_on_one_base(data, tmp_path):
+    "--dmd_lora True: one DiT, adapters 'student' and 'critic' that train on their own steps, the teacher the bare base; exact resume; the student exports as a LoRA that diffusers loads, with its schedule."
+    from videorecipes.recipes.dmd2 import _adapter_tensors
+    lora = ['--dmd_lora', True, '--lora_rank', 4, '--lora_alpha', 4, '--learning_rate', 1e-3, '--fake_score_learning_rate', 1e-3]
+    ref = train(parse_args(flags(data, tmp_path / 'ref', *lora)), progress=False)
+    m = ref.method
+    assert m.student is m.teacher is m.critic
+    s, c = _adapter_tensors(m.student, 'student'), _adapter_tensors(m.student, 'critic')
+    assert s and c and not set(s) & set(c)
+    assert any(t.abs().sum() > 0 for n, t in s.items() if 'lora_B' in n) and any(t.abs().sum() > 0 for n, t in c.items() if 'lora_B' in n)
+    run = stop_and_resume(lambda out, *x: flags(data, out, *lora, *x), tmp_path / 'run', 3, tmp_path / 'run' / 'checkpoint-2')
+    assert metrics(tmp_path / 'ref') == metrics(tmp_path / 'run')
+    assert (ref.final / 'pytorch_lora_weights.safetensors').exists() and (ref.final / 'dmd_schedule.json').exists()
+    from diffusers import WanPipeline
+    pipe = WanPipeline.from_pretrained(data['zoo'])
+    pipe.load_lora_weights(str(ref.final))
+    from videorecipes.sampling import generate_cli
+    paths = generate_cli(['--model_path', data['zoo'], '--lora_checkpoint_dir', ref.final, '--prompt', 'a red circle', '--num_frames', 9,
+                          '--height', 32, '--width', 32, '--text_max_length', 32, '--output_dir', tmp_path / 'gen'])
+    assert len(paths) == 1

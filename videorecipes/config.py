@@ -447,9 +447,11 @@ class DMDArgs:
     teacher_model_path: Optional[str] = arg(None, "DMD: the teacher's pipeline folder or hub id (None: --model_path, which the student starts from)")
     critic_model_path: Optional[str] = arg(None, "DMD: where the critic starts (None: the teacher)")
     dmd_negative_prompt: Optional[str] = arg(None, "DMD: the teacher's unconditional prompt (None: the dataset's empty-prompt embedding, as its CFG was trained)")
+    dmd_lora: bool = arg(False, "DMD: LoRA student and critic (--lora_rank, --lora_alpha, --lora_target_modules) on one shared frozen base that is also the teacher: one copy of the model instead of three")
     dmd_stop_on_collapse: bool = arg(False, "DMD: stop when the student's samples collapse (see --dmd_collapse_*); the last checkpoint before it is kept")
     dmd_collapse_std: list[float] = arg([0.5, 2.0], "DMD: healthy range of the student samples' std over the data latents' std (below: washed out or solid colour)")
     dmd_collapse_temporal: list[float] = arg([0.1, 2.5], "DMD: healthy range of the samples' temporal variance over the data's (below: static video; above: flicker, flashing)")
+    dmd_collapse_critic: float = arg(0.5, "DMD: above this critic loss, relative to its target's variance (1: a critic predicting 0), the critic no longer tracks the student and its score is noise")
     dmd_collapse_patience: int = arg(3, "DMD: logged steps in a row outside the healthy ranges before the run stops")
 
     def validate(self, cfg):
@@ -465,6 +467,9 @@ class DMDArgs:
                 f"--dmd_collapse_std must be two numbers low < high, got {self.dmd_collapse_std}")
         require(len(self.dmd_collapse_temporal) == 2 and 0 <= self.dmd_collapse_temporal[0] < self.dmd_collapse_temporal[1],
                 f"--dmd_collapse_temporal must be two numbers low < high, got {self.dmd_collapse_temporal}")
+        if self.dmd_lora:
+            require(not (self.teacher_model_path or self.critic_model_path), "--dmd_lora True: the shared base is --model_path, which is the teacher and where the critic starts; unset --teacher_model_path and --critic_model_path")
+            require(cfg.engine.attention_backend != 'vsa', "--dmd_lora True shares one DiT (and its attention) between student, teacher and critic; a VSA student needs full networks (--dmd_lora False)")
         require(self.dmd_collapse_patience >= 1, f"--dmd_collapse_patience must be ≥ 1, got {self.dmd_collapse_patience}")
 
 # %% ../nbs/00_config.ipynb #42348dc3

@@ -212,8 +212,9 @@ class GenerateArgs:
 
 # %% ../nbs/04_sampling.ipynb #4f00ef07
 def _few_step_sigmas(a:GenerateArgs, path) -> Optional[list]:
-    "The few-step σ to sample with: from --denoising_steps, else the folder's dmd_schedule.json, else None (the folder's scheduler)."
-    sched = read_few_step_schedule(path) if Path(str(path)).is_dir() else None
+    "The few-step σ to sample with: from --denoising_steps, else the LoRA's or the folder's dmd_schedule.json, else None (the folder's scheduler)."
+    found = [d for d in (a.lora_checkpoint_dir, path) if d and (Path(str(d)) / SCHEDULE_FILE).is_file()]
+    sched = read_few_step_schedule(found[0]) if found else None
     if a.denoising_steps:
         from videorecipes.recipes.dmd2 import student_sigmas
         shift = a.flow_shift if a.flow_shift is not None else (sched or {}).get('flow_shift', 8.0)

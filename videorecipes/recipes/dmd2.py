@@ -16,16 +16,17 @@ from ..config import ConfigError, arg, REQUIRED, parse_command, run_cli, require
 from ..videoio import atomic_path
 from ..zoo import load_transformer
 from ..data.loader import load_empty_embedding
-from ..train.flow import dit_forward, sample_generators
+from ..train.flow import dit_forward, sample_generators, step_generator
 from ..train.method import TrainingMethod, Network, OptimizerSpec, prepare_dit, save_backend_params, _patch
 from ..train.full import write_pipeline_folder
 
 # %% auto #0
 __all__ = ['DIAGNOSTICS', 'shift_sigma', 'student_sigmas', 'loss_sigmas', 'to_x0', 'renoise', 'randn_like_each', 'guided',
            'student_x0', 'dmd_scores', 'dmd_gradient', 'dmd_loss', 'critic_loss', 'toy_data', 'ToyFlow', 'train_flow',
-           'euler', 'few_step', 'swd', 'toy_dmd', 'toy_evaluate', 'plot_toy', 'velocity', 'DMD2', 'parallelize',
-           'generator_loss', 'sample_stats', 'train_step', 'health', 'write_few_step_schedule', 'validation_sampler',
-           'save_final', 'plot_diagnostics', 'frames_figure', 'EvaluateDMDArgs', 'evaluate_dmd', 'evaluate_dmd_main']
+           'euler', 'few_step', 'swd', 'toy_dmd', 'near_modes', 'toy_evaluate', 'plot_toy', 'velocity', 'DMD2', 'role',
+           'model', 'parallelize', 'generator_loss', 'sample_stats', 'train_step', 'health', 'write_few_step_schedule',
+           'validation_sampler', 'save_final', 'plot_diagnostics', 'frames_figure', 'EvaluateDMDArgs', 'evaluate_dmd',
+           'evaluate_dmd_main']
 
 # %% ../../nbs/63_recipes.dmd2.ipynb #f3a3057c
 def shift_sigma(s, shift:float):
@@ -65,10 +66,11 @@ def student_x0(model, # model(x, σ [B]) → velocity
                shape=None, # [B, ...] of a sample (simulate)
                data:torch.Tensor=None, # real clean samples (the data rollout)
                rollout:str='simulate', device=None,
+               k:int=None, # the step every sample stops at (None: one drawn per sample)
               ) -> tuple[torch.Tensor, torch.Tensor]:
     "(x0 with gradients at a random step k of each sample, k [B])."
     B = len(generators)
-    k = torch.cat([torch.randint(0, len(sigmas), (1,), generator=g) for g in generators])
+    k = torch.cat([torch.randint(0, len(sigmas), (1,), generator=g) for g in generators]) if k is None else torch.full((B,), int(k))
     like = data if data is not None else torch.empty(shape, device=device)
     if rollout == 'data':
         if data is None: raise ValueError("the data rollout needs `data`")
@@ -131,7 +133,7 @@ class ToyFlow(torch.nn.Module):
         s = sigma.view(-1, 1).to(x) * self.f
         return self.net(torch.cat([x, s.sin(), s.cos()], 1))
 
-# %% ../../nbs/63_recipes.dmd2.ipynb #cb9de3e4
+# %% ../../nbs/63_recipes.dmd2.ipynb #a24650f4
 def train_flow(steps:int=3000, batch:int=1024, lr:float=2e-3, seed:int=0, progress:bool=False) -> ToyFlow:
     "The toy teacher: a `ToyFlow` trained by flow matching (uniform σ) on `toy_data`, cosine learning rate."
     torch.manual_seed(seed); g = torch.Generator().manual_seed(seed)
@@ -143,6 +145,7 @@ def train_flow(steps:int=3000, batch:int=1024, lr:float=2e-3, seed:int=0, progre
         opt.zero_grad(); loss.backward(); opt.step(); sched.step()
     return m.eval().requires_grad_(False)
 
+# %% ../../nbs/63_recipes.dmd2.ipynb #f3c33206
 @torch.no_grad()
 def euler(model, n:int, steps:int=50, shift:float=3.0, seed:int=1) -> torch.Tensor:
     "n samples by the deterministic Euler sampler over `steps` shifted levels (how the teacher samples)."
@@ -169,10 +172,11 @@ def swd(a:torch.Tensor, b:torch.Tensor, projections:int=512, seed:int=0) -> floa
     return (pa - pb).abs().mean().item()
 
 # %% ../../nbs/63_recipes.dmd2.ipynb #cf7848ec
-def toy_dmd(teacher, steps:int=3000, batch:int=512, lr:float=2e-4, critic_lr:float=8e-4, interval:int=5,
-            sigmas=None, # the student's steps (default: 1000,750,500,250 warped at shift 3)
-            shift:float=3.0, ema:float=0.99, seed:int=0, log_every:int=250, eval_n:int=4000, progress:bool=False) -> dict:
-    "Distil `teacher` into a few-step student with the DMD2 losses above; returns the EMA student, the critic and a log of its SWD."
+def toy_dmd(teacher, steps:int=3000, batch:int=512, lr:float=4e-4, critic_lr:float=1.6e-3, interval:int=5,
+            sigmas=None, # the student's steps (default: 1000,750,500,250 on the `shift` grid)
+            shift:float=1.0, # of the student's steps and the loss noise levels (1: uniform)
+            ema:float=0.99, seed:int=0, log_every:int=250, eval_n:int=4000, progress:bool=False) -> dict:
+    "Distil `teacher` into a few-step student with the DMD2 losses above; returns the EMA student, the critic and a log of its SWD and mode precision."
     sigmas = student_sigmas([1000, 750, 500, 250], shift) if sigmas is None else sigmas
     student, critic = copy.deepcopy(teacher).requires_grad_(True), copy.deepcopy(teacher).requires_grad_(True)
     avg = copy.deepcopy(student).requires_grad_(False)
@@ -195,16 +199,24 @@ def toy_dmd(teacher, steps:int=3000, batch:int=512, lr:float=2e-4, critic_lr:flo
         c = critic_loss(critic, x0, loss_sigmas(gens, shift), randn_like_each(x0, gens))
         opt_c.zero_grad(); c.backward(); opt_c.step()
         if step % log_every == 0 or step == steps:
-            log.append(dict(step=step, swd=swd(few_step(avg, eval_n, sigmas), ref), critic_loss=c.item()))
+            x = few_step(avg, eval_n, sigmas)
+            log.append(dict(step=step, swd=swd(x, ref), near=near_modes(x), critic_loss=c.item()))
     return dict(student=avg, critic=critic, log=log, sigmas=sigmas)
 
 # %% ../../nbs/63_recipes.dmd2.ipynb #bc42de52
-def toy_evaluate(teacher, n:int=4000, seed:int=999) -> dict:
-    "SWD to fresh data of: a second data sample (the floor), the teacher's Euler samples at 50, 8 and 4 steps, the undistilled 4-step student."
+def near_modes(x:torch.Tensor, modes:int=8, radius:float=1.0, within:float=0.3) -> float:
+    "The share of points within `within` (3 std) of a mode centre: what a blurred sampler loses and SWD barely sees."
+    a = 2 * math.pi * torch.arange(modes) / modes
+    c = torch.stack([a.cos(), a.sin()], 1) * radius
+    return ((x[:, None] - c[None]).norm(dim=-1).min(1)[0] < within).float().mean().item()
+
+def toy_evaluate(teacher, n:int=4000, seed:int=999, shift:float=1.0) -> dict:
+    "(SWD to fresh data, share near a mode) of: a second data sample (the floor), the teacher's Euler samples at 50, 8 and 4 steps, the undistilled 4-step student."
     ref = toy_data(n, torch.Generator().manual_seed(seed))
-    out = dict(data=swd(toy_data(n, torch.Generator().manual_seed(seed + 1)), ref))
-    for k in (50, 8, 4): out[f'teacher_euler_{k}'] = swd(euler(teacher, n, k), ref)
-    out['student_at_init'] = swd(few_step(teacher, n, student_sigmas([1000, 750, 500, 250], 3.0)), ref)
+    m = lambda x: (swd(x, ref), near_modes(x))
+    out = dict(data=m(toy_data(n, torch.Generator().manual_seed(seed + 1))))
+    for k in (50, 8, 4): out[f'teacher_euler_{k}'] = m(euler(teacher, n, k))
+    out['student_at_init'] = m(few_step(teacher, n, student_sigmas([1000, 750, 500, 250], shift)))
     return out
 
 # %% ../../nbs/63_recipes.dmd2.ipynb #f2ae1b04
@@ -233,7 +245,7 @@ def velocity(dit, batch:dict):
     "`model(x, σ)` of a DiT on one batch's conditioning (text, and the first frame and CLIP features of I2V)."
     return lambda x, sigma: dit_forward(dit, batch, x, sigma)
 
-# %% ../../nbs/63_recipes.dmd2.ipynb #11ca5598
+# %% ../../nbs/63_recipes.dmd2.ipynb #f54bb29c
 class DMD2(TrainingMethod):
     "DMD2 distillation: a few-step student follows the gap between a frozen teacher (with CFG) and a critic of its own samples."
     name = 'dmd2'
@@ -241,25 +253,58 @@ class DMD2(TrainingMethod):
         c, d = self.cfg, self.cfg.dmd
         self.device, load = torch.device(device), lambda p: load_transformer(p, dtype=c.model.dit_precision).to(self.device)
         teacher_path = d.teacher_model_path or c.model.model_path
-        self.student = prepare_dit(load(c.model.model_path).requires_grad_(True), c)
-        self.teacher = load(teacher_path).requires_grad_(False).eval()
-        self.critic = prepare_dit(load(d.critic_model_path or teacher_path).requires_grad_(True), c)
+        if d.dmd_lora: self.student = self.teacher = self.critic = self._shared_base()
+        else:
+            self.student = prepare_dit(load(c.model.model_path).requires_grad_(True), c)
+            self.teacher = load(teacher_path).requires_grad_(False).eval()
+            self.critic = prepare_dit(load(d.critic_model_path or teacher_path).requires_grad_(True), c)
         self.sigmas = student_sigmas(d.dmd_denoising_steps, d.flow_shift, d.warp_denoising_step)
         self.empty = self._unconditional(teacher_path)
         self.health_patience = d.dmd_collapse_patience if d.dmd_stop_on_collapse else 0
 
     def networks(self):
-        return [Network('student', self.student), Network('teacher', self.teacher, trainable=False),
-                Network('critic', self.critic, ema=False)]
+        lora = lambda r: dict(named_tensors=_adapter_tensors(self.student, r)) if self.cfg.dmd.dmd_lora else {}
+        return [Network('student', self.student, **lora('student')), Network('teacher', self.teacher, trainable=False),
+                Network('critic', self.critic, ema=False, **lora('critic'))]
 
     def optimizers(self):
         d = self.cfg.dmd
         return [OptimizerSpec('main', 'student', every=d.generator_update_interval),
                 OptimizerSpec('critic', 'critic', learning_rate=d.fake_score_learning_rate)]
 
-    def validation_transformer(self): return self.student
+    def validation_transformer(self): return self.role('student')
 
-# %% ../../nbs/63_recipes.dmd2.ipynb #806de912
+# %% ../../nbs/63_recipes.dmd2.ipynb #cb68ab89
+def _adapter_tensors(dit, name:str) -> dict:
+    "The parameters of peft adapter `name` of `dit` (looked up each time: sharding replaces parameters)."
+    return {n: p for n, p in dit.named_parameters() if f'.{name}.' in n and 'lora_' in n}
+
+@_patch(DMD2)
+def _shared_base(self):
+    "The base DiT, frozen in the training dtype, with fp32 adapters 'student' and 'critic'."
+    from videorecipes.train.lora import lora_config, _TRAIN_DTYPE
+    c = self.cfg
+    base = load_transformer(c.model.model_path, dtype=_TRAIN_DTYPE[c.optimizer.mixed_precision]).requires_grad_(False).to(self.device)
+    for name in ('student', 'critic'): base.add_adapter(lora_config(c), adapter_name=name)
+    for p in [*_adapter_tensors(base, 'student').values(), *_adapter_tensors(base, 'critic').values()]: p.data = p.data.float(); p.requires_grad_(True)
+    return prepare_dit(base, c)
+
+@_patch(DMD2)
+def role(self, name:str):
+    "The module that plays `name`; with --dmd_lora, the shared base routed through that role's adapter (the teacher's: none)."
+    dit = getattr(self, name)
+    if not self.cfg.dmd.dmd_lora: return dit
+    if name == 'teacher': dit.disable_adapters()
+    else: dit.enable_adapters(); dit.set_adapter(name)
+    for t in [*_adapter_tensors(dit, 'student').values(), *_adapter_tensors(dit, 'critic').values()]: t.requires_grad_(True)   # (peft freezes inactive ones)
+    return dit
+
+@_patch(DMD2)
+def model(self, role:str, batch:dict):
+    "`model(x, σ)` of `role` on `batch`'s conditioning; the role is switched in at each call (the shared base of --dmd_lora)."
+    return lambda x, sigma: dit_forward(self.role(role), batch, x, sigma)
+
+# %% ../../nbs/63_recipes.dmd2.ipynb #c635d210
 @_patch(DMD2)
 def _unconditional(self, teacher_path) -> torch.Tensor:
     "[L, D]: the encoded --dmd_negative_prompt, else the dataset's empty-prompt embedding (what its CFG dropout trained on)."
@@ -269,7 +314,7 @@ def _unconditional(self, teacher_path) -> torch.Tensor:
         if e is None: raise ConfigError(f"--data_path {path}: no empty_prompt.safetensors (preprocess it again, or set --dmd_negative_prompt)")
         return e.to(self.device)
     from videorecipes.sampling import Sampler
-    s = Sampler(teacher_path, transformer=self.teacher, device=self.device)
+    s = Sampler(teacher_path, transformer=self.role('teacher'), device=self.device)
     e = s.encode([d.dmd_negative_prompt], '', self.cfg.data.text_max_length)['prompt_embeds'][0][0]
     s.release_encoders()
     return e.float()
@@ -278,6 +323,7 @@ def _unconditional(self, teacher_path) -> torch.Tensor:
 def parallelize(self, dims):
     "The student with the run's attention backend (VSA, radial, ...); teacher and critic dense, as FastVideo's sparse distillation does."
     from videorecipes.parallel.parallelize import parallelize_wan
+    if self.cfg.dmd.dmd_lora: return parallelize_wan(self.student, dims, self.cfg, trainable=True)   # one module, sharded once
     dense = copy.deepcopy(self.cfg); dense.engine.attention_backend, dense.radial.pattern = 'sdpa', None
     parallelize_wan(self.student, dims, self.cfg, trainable=True)
     parallelize_wan(self.teacher, dims, dense, trainable=False)
@@ -285,18 +331,20 @@ def parallelize(self, dims):
 
 # %% ../../nbs/63_recipes.dmd2.ipynb #60acd3f3
 @_patch(DMD2)
-def generator_loss(self, batch:dict, gens:list, grad:bool=True) -> tuple:
+def generator_loss(self, batch:dict, gens:list, grad:bool=True,
+                   k:int=None, # the rollout's step for the whole batch (the same on every rank: they run the same forwards)
+                  ) -> tuple:
     "(DMD loss or None, the student's x0, logs) of one micro-batch; without `grad`, only the no-grad rollout."
     d, x = self.cfg.dmd, batch['latents'].to(self.device, torch.float32)
-    roll = lambda: student_x0(velocity(self.student, batch), self.sigmas.to(self.device), gens, x.shape, x, d.dmd_rollout, self.device)
+    roll = lambda: student_x0(self.model('student', batch), self.sigmas.to(self.device), gens, x.shape, x, d.dmd_rollout, self.device, k)
     if not grad:
         with torch.no_grad(): return None, roll()[0], {}
     x0, k = roll()
     sigma = loss_sigmas(gens, d.flow_shift, d.min_timestep_ratio, d.max_timestep_ratio).to(self.device)
     noise = randn_like_each(x0, gens)
-    cond, uncond = velocity(self.teacher, batch), velocity(self.teacher, _uncond_batch(batch, self.empty))
+    cond, uncond = self.model('teacher', batch), self.model('teacher', _uncond_batch(batch, self.empty))
     teacher = lambda xt, s: (cond(xt, s), uncond(xt, s))
-    real, fake = dmd_scores(teacher, velocity(self.critic, batch), x0, sigma, noise, d.real_score_guidance_scale, d.cfg_form)
+    real, fake = dmd_scores(teacher, self.model('critic', batch), x0, sigma, noise, d.real_score_guidance_scale, d.cfg_form)
     g, denom = dmd_gradient(x0, real, fake)
     logs = dict(dmd_grad_norm=g.flatten(1).norm(dim=1).mean(), dmd_normaliser=denom.mean(),
                 teacher_critic_gap=(fake - real).abs().mean() / real.abs().mean().clamp_min(1e-8), dmd_sigma=sigma.mean())
@@ -317,17 +365,20 @@ def train_step(self, step:int, batches, loop) -> dict:
     for micro in range(loop.accumulation('critic')):
         batch = next(batches)
         gens = sample_generators(seed, step, micro, batch['indices'])
-        with loop.autocast(): loss, x0, l = self.generator_loss(batch, gens, grad=student_due)
+        k = int(torch.randint(0, len(self.sigmas), (1,), generator=step_generator(seed, step, micro, -1)))   # (FastVideo: one per step too)
+        with loop.autocast(): loss, x0, l = self.generator_loss(batch, gens, grad=student_due, k=k)
         if loss is not None: loop.backward(loss, 'main')
         kept.append((batch, gens, x0.detach())); logs.update(l)
     if student_due: loop.step('main')
+    d, rel = self.cfg.dmd, 0.0
     for batch, gens, x0 in kept:
-        d = self.cfg.dmd
         sigma = loss_sigmas(gens, d.flow_shift, d.min_timestep_ratio, d.max_timestep_ratio).to(self.device)
-        with loop.autocast(): c = critic_loss(velocity(self.critic, batch), x0, sigma, randn_like_each(x0, gens))
+        noise = randn_like_each(x0, gens)
+        with loop.autocast(): c = critic_loss(self.model('critic', batch), x0, sigma, noise)
         loop.backward(c, 'critic')
+        rel = rel + c.detach() / (noise - x0).float().pow(2).mean() / len(kept)   # what a critic that predicts 0 would lose: 1
     loop.step('critic')
-    return {**logs, **sample_stats(kept[-1][2], kept[-1][0]['latents'].to(self.device))}
+    return {**logs, 'critic_rel_loss': rel, **sample_stats(kept[-1][2], kept[-1][0]['latents'].to(self.device))}
 
 # %% ../../nbs/63_recipes.dmd2.ipynb #d2f9c848
 @_patch(DMD2)
@@ -340,6 +391,8 @@ def health(self, step:int, metrics:dict) -> Optional[str]:
     tlo, thi = d.dmd_collapse_temporal
     if not math.isfinite(t) or t < tlo: return f"the student's samples barely move: {t:.3g}x the data's temporal variance (healthy: {tlo}–{thi}, --dmd_collapse_temporal)"
     if t > thi: return f"the student's samples flicker: {t:.3g}x the data's temporal variance (healthy: {tlo}–{thi}, --dmd_collapse_temporal)"
+    c = metrics.get('critic_rel_loss', 0.0)
+    if not math.isfinite(c) or c > d.dmd_collapse_critic: return f"the critic no longer fits the student's samples: its loss is {c:.3g} of the target's variance (> --dmd_collapse_critic {d.dmd_collapse_critic})"
     return None
 
 # %% ../../nbs/63_recipes.dmd2.ipynb #43fcf9bc
@@ -347,10 +400,11 @@ def write_few_step_schedule(folder, sigmas, dmd) -> Path:
     "Make pipeline `folder` sample like the student: its scheduler/ (Euler, stochastic, shift 1) and `dmd_schedule.json`."
     from videorecipes.sampling import few_step_scheduler, SCHEDULE_FILE
     folder = Path(folder)
-    for f in (folder / 'scheduler').glob('*.json'): f.unlink()
-    few_step_scheduler(sigmas).save_pretrained(str(folder / 'scheduler'))
-    index = json.loads((folder / 'model_index.json').read_text()); index['scheduler'] = ['diffusers', 'FlowMatchEulerDiscreteScheduler']
-    with atomic_path(folder / 'model_index.json') as tmp: tmp.write_text(json.dumps(index, indent=2))
+    if (folder / 'model_index.json').exists():     # (a LoRA folder gets the schedule alone)
+        for f in (folder / 'scheduler').glob('*.json'): f.unlink()
+        few_step_scheduler(sigmas).save_pretrained(str(folder / 'scheduler'))
+        index = json.loads((folder / 'model_index.json').read_text()); index['scheduler'] = ['diffusers', 'FlowMatchEulerDiscreteScheduler']
+        with atomic_path(folder / 'model_index.json') as tmp: tmp.write_text(json.dumps(index, indent=2))
     sched = dict(sigmas=[round(float(s), 6) for s in sigmas], denoising_steps=list(dmd.dmd_denoising_steps), flow_shift=dmd.flow_shift,
                  warp_denoising_step=dmd.warp_denoising_step, guidance_scale=1.0, sampler='FlowMatchEulerDiscreteScheduler(shift=1, stochastic_sampling=True)')
     with atomic_path(folder / SCHEDULE_FILE) as tmp: tmp.write_text(json.dumps(sched, indent=1))
@@ -364,10 +418,17 @@ def validation_sampler(self):
 
 @_patch(DMD2)
 def save_final(self, folder) -> Path:
-    "The student as a pipeline folder that samples with its few steps (rank 0 writes; collective under FSDP)."
-    from videorecipes.parallel.parallelize import export_transformer
-    plain = export_transformer(self.student)
+    "The student as a pipeline folder that samples with its few steps, or with --dmd_lora its adapter (rank 0 writes; collective under FSDP)."
+    from videorecipes.parallel.parallelize import export_transformer, full_state_dict
     edit = lambda tmp: write_few_step_schedule(tmp, self.sigmas.tolist(), self.cfg.dmd)
+    if self.cfg.dmd.dmd_lora:
+        from videorecipes.train.lora import save_lora
+        from videorecipes.parallel.mesh import is_main
+        sd = {k.replace('.student.', '.'): v for k, v in full_state_dict(self.role('student'), trainable_only=True).items() if '.student.' in k}
+        if not is_main(): return Path(folder)
+        return save_lora(self.student, folder, comfy=self.cfg.trainer.lora_save_comfy, alpha=self.cfg.lora.lora_alpha, state_dict=sd,
+                         adapter_name='student', edit=edit)
+    plain = export_transformer(self.student)
     out = write_pipeline_folder(self.cfg.model.model_path, plain, folder, edit=edit) if plain is not None else Path(folder)
     save_backend_params(self.student, out, self.cfg.engine.attention_backend)
     return out
@@ -375,15 +436,15 @@ def save_final(self, folder) -> Path:
 # %% ../../nbs/63_recipes.dmd2.ipynb #fd507838
 DIAGNOSTICS = [('loss', 'DMD loss'), ('critic_loss', 'critic loss'), ('dmd_grad_norm', 'DMD gradient norm'),
                ('dmd_normaliser', 'normaliser mean|x0 − real|'), ('teacher_critic_gap', 'teacher/critic gap'),
-               ('student_std_ratio', 'sample std / data std'), ('student_temporal_ratio', 'temporal variance / data'),
-               ('student_mean', 'sample mean')]
+               ('critic_rel_loss', 'critic loss / target variance'), ('student_std_ratio', 'sample std / data std'),
+               ('student_temporal_ratio', 'temporal variance / data'), ('student_mean', 'sample mean')]
 
 def plot_diagnostics(runs:dict, # label -> run folder (its metrics.jsonl)
-                     path, collapse_std=(0.5, 2.0), collapse_temporal=(0.1, 2.5)) -> Path:
+                     path, collapse_std=(0.5, 2.0), collapse_temporal=(0.1, 2.5), collapse_critic:float=0.5) -> Path:
     "The DMD2 diagnostics of the runs, one panel each, the collapse thresholds dashed; written to `path` (atomically)."
     from matplotlib.figure import Figure
     from videorecipes.train.trainer import read_metrics
-    fig = Figure(figsize=(13, 5.5)); axs = fig.subplots(2, 4).ravel()
+    fig = Figure(figsize=(12, 8)); axs = fig.subplots(3, 3).ravel()
     for label, d in runs.items():
         rec = read_metrics(d)
         for ax, (k, title) in zip(axs, DIAGNOSTICS):
@@ -391,8 +452,8 @@ def plot_diagnostics(runs:dict, # label -> run folder (its metrics.jsonl)
             if pts: ax.plot(*zip(*pts), label=label, lw=1)
     for ax, (k, title) in zip(axs, DIAGNOSTICS):
         ax.set_title(title, fontsize=9); ax.grid(alpha=0.3); ax.tick_params(which='both', labelsize=7)
-        for y in (collapse_std if k == 'student_std_ratio' else collapse_temporal if k == 'student_temporal_ratio' else ()): ax.axhline(y, ls='--', c='grey', lw=0.8)
-        if k in ('dmd_grad_norm', 'student_std_ratio', 'student_temporal_ratio', 'critic_loss'): ax.set_yscale('log')
+        for y in (collapse_std if k == 'student_std_ratio' else collapse_temporal if k == 'student_temporal_ratio' else (collapse_critic,) if k == 'critic_rel_loss' else ()): ax.axhline(y, ls='--', c='grey', lw=0.8)
+        if k in ('dmd_grad_norm', 'student_std_ratio', 'student_temporal_ratio', 'critic_loss', 'critic_rel_loss'): ax.set_yscale('log')
     axs[0].legend(fontsize=8); axs[-1].set_xlabel('step')
     with atomic_path(path) as tmp: fig.savefig(tmp, dpi=90, bbox_inches='tight', format='png')
     return Path(path)
@@ -434,6 +495,7 @@ class EvaluateDMDArgs:
     num_frames: int = arg(9, "Frames"); height: int = arg(32, "Height"); width: int = arg(32, "Width")
     text_max_length: int = arg(32, "Prompt tokens")
     undistilled: bool = arg(True, "Also score the teacher sampled with the first student's few steps (what distillation adds)")
+    seeds: int = arg(1, "Videos per prompt (video i of the repeated list uses seed i): more videos, a less noisy score")
 
     def validate(self, a):
         for p in [a.teacher, a.prompts, *a.students, *(a.diagnostics_runs or [])]: require(Path(p).exists(), f"{p}: not found")
@@ -444,7 +506,7 @@ def evaluate_dmd(argv=None) -> dict:
     from videorecipes.demo import score_model
     from videorecipes.sampling import read_few_step_schedule
     a = parse_command(EvaluateDMDArgs, argv, prog='evaluate_dmd')
-    prompts, out = json.loads(Path(a.prompts).read_text()), Path(a.output_dir)
+    prompts, out = json.loads(Path(a.prompts).read_text()) * a.seeds, Path(a.output_dir)
     kw = dict(num_frames=a.num_frames, height=a.height, width=a.width, text_max_length=a.text_max_length)
     cases = [(f'teacher, {n} steps', a.teacher, dict(num_inference_steps=n, guidance_scale=a.guidance_scale)) for n in a.teacher_steps]
     sigs = [read_few_step_schedule(Path(s) / 'final')['sigmas'] for s in a.students]

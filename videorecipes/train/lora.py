@@ -58,19 +58,22 @@ def save_lora(dit, # a DiT with a peft adapter (`add_adapter`)
               comfy:bool=False, # also write `wan_lora_comfy.safetensors` (original-Wan / ComfyUI keys)
               alpha:float=None, # the adapter's lora_alpha (default: from its peft config)
               state_dict:dict=None, # the adapter's weights in peft's layout (default: read from `dit`)
+              adapter_name:str='default', # which of `dit`'s adapters
+              edit=None, # edit(folder): more files in the folder before it is put in place
              ) -> Path:
     "Write the adapter as diffusers' `pytorch_lora_weights.safetensors` (plus the ComfyUI layout); return the folder."
     from diffusers import WanPipeline
     from peft.utils import get_peft_model_state_dict
     from videorecipes.sampling import unwrap_transformer
     dit = unwrap_transformer(dit)
-    pc = dit.peft_config['default']
+    pc = dit.peft_config[adapter_name]
     alpha = pc.lora_alpha if alpha is None else alpha
-    sd = {k: v.detach().float().cpu().contiguous() for k, v in (state_dict if state_dict is not None else get_peft_model_state_dict(dit)).items()}
+    sd = {k: v.detach().float().cpu().contiguous() for k, v in (state_dict if state_dict is not None else get_peft_model_state_dict(dit, adapter_name=adapter_name)).items()}
     meta = dict(r=pc.r, lora_alpha=alpha, target_modules=sorted(pc.target_modules), lora_dropout=pc.lora_dropout)
     out = Path(folder)
     with atomic_dir(out) as tmp:
         WanPipeline.save_lora_weights(tmp, transformer_lora_layers=sd, transformer_lora_adapter_metadata=meta)
+        if edit is not None: edit(tmp)
         if comfy:
             from safetensors.torch import save_file
             from videorecipes.lora_tools import to_comfy_keys
