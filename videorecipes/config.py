@@ -630,7 +630,7 @@ def _coerce(flag, v, tp, sep=','):
     if o is list:
         if isinstance(v, str): v = [v]
         if not isinstance(v, (list, tuple)): raise bad
-        parts = [p.strip() if sep else p for x in v for p in (x.split(sep) if isinstance(x, str) and sep else [x])]
+        parts = [p.strip() if sep and isinstance(p, str) else p for x in v for p in (x.split(sep) if isinstance(x, str) and sep else [x])]
         return [_coerce(flag, p, a[0]) if a else p for p in parts if p != '']
     if tp is bool:
         if isinstance(v, bool): return v

@@ -23,8 +23,8 @@ from ..train.full import write_pipeline_folder
 # %% auto #0
 __all__ = ['DIAGNOSTICS', 'shift_sigma', 'student_sigmas', 'loss_sigmas', 'to_x0', 'renoise', 'randn_like_each', 'guided',
            'student_x0', 'dmd_scores', 'dmd_gradient', 'dmd_loss', 'critic_loss', 'toy_data', 'ToyFlow', 'train_flow',
-           'euler', 'few_step', 'swd', 'toy_dmd', 'near_modes', 'toy_evaluate', 'plot_toy', 'velocity', 'DMD2', 'role',
-           'model', 'parallelize', 'generator_loss', 'sample_stats', 'train_step', 'health', 'write_few_step_schedule',
+           'euler', 'few_step', 'swd', 'toy_dmd', 'near_modes', 'toy_evaluate', 'plot_toy', 'DMD2', 'role', 'model',
+           'parallelize', 'generator_loss', 'sample_stats', 'train_step', 'health', 'write_few_step_schedule',
            'validation_sampler', 'save_final', 'plot_diagnostics', 'frames_figure', 'EvaluateDMDArgs', 'evaluate_dmd',
            'evaluate_dmd_main']
 
@@ -241,10 +241,6 @@ def _uncond_batch(batch:dict, empty:torch.Tensor) -> dict:
     t[:, :len(e)], m[:, :len(e)] = e, True
     return {**batch, 'text_embeddings': t, 'text_mask': m}
 
-def velocity(dit, batch:dict):
-    "`model(x, σ)` of a DiT on one batch's conditioning (text, and the first frame and CLIP features of I2V)."
-    return lambda x, sigma: dit_forward(dit, batch, x, sigma)
-
 # %% ../../nbs/63_recipes.dmd2.ipynb #f54bb29c
 class DMD2(TrainingMethod):
     "DMD2 distillation: a few-step student follows the gap between a frozen teacher (with CFG) and a critic of its own samples."
@@ -419,12 +415,12 @@ def validation_sampler(self):
 @_patch(DMD2)
 def save_final(self, folder) -> Path:
     "The student as a pipeline folder that samples with its few steps, or with --dmd_lora its adapter (rank 0 writes; collective under FSDP)."
-    from videorecipes.parallel.parallelize import export_transformer, full_state_dict
+    from videorecipes.parallel.parallelize import export_transformer
     edit = lambda tmp: write_few_step_schedule(tmp, self.sigmas.tolist(), self.cfg.dmd)
     if self.cfg.dmd.dmd_lora:
-        from videorecipes.train.lora import save_lora
+        from videorecipes.train.lora import save_lora, adapter_state_dict
         from videorecipes.parallel.mesh import is_main
-        sd = {k.replace('.student.', '.'): v for k, v in full_state_dict(self.role('student'), trainable_only=True).items() if '.student.' in k}
+        sd = adapter_state_dict(self.role('student'), 'student')   # (collective under FSDP)
         if not is_main(): return Path(folder)
         return save_lora(self.student, folder, comfy=self.cfg.trainer.lora_save_comfy, alpha=self.cfg.lora.lora_alpha, state_dict=sd,
                          adapter_name='student', edit=edit)

@@ -12,9 +12,9 @@ from ..zoo import load_transformer, as_dtype
 from .method import FlowMatchingMethod, prepare_dit, save_backend_params
 
 # %% auto #0
-__all__ = ['lora_config', 'LoraFinetune', 'save_lora']
+__all__ = ['lora_config', 'LoraFinetune', 'adapter_state_dict', 'save_lora']
 
-# %% ../../nbs/47_train.lora.ipynb #62b93e4f
+# %% ../../nbs/47_train.lora.ipynb #f91c85cf
 _TRAIN_DTYPE = dict(no='fp32', bf16='bf16', fp16='fp16')
 
 def lora_config(cfg):
@@ -44,14 +44,16 @@ class LoraFinetune(FlowMatchingMethod):
         "The adapter file (gathered from the shards under torchrun; rank 0 writes), and an attention backend's own parameters."
         import torch.distributed as dist
         from videorecipes.parallel.mesh import is_main
-        from videorecipes.parallel.attention import backend_parameters
-        sd, extra = None, set(backend_parameters(self.dit))
-        if dist.is_initialized() and dist.get_world_size() > 1:   # gather the sharded adapters (collective)
-            from videorecipes.parallel.parallelize import full_state_dict
-            sd = {k.replace('.default.', '.'): v for k, v in full_state_dict(self.dit, trainable_only=True).items() if k not in extra}
+        sd = adapter_state_dict(self.dit) if dist.is_initialized() and dist.get_world_size() > 1 else None   # (collective)
         out = save_lora(self.dit, folder, comfy=self.cfg.trainer.lora_save_comfy, alpha=self.cfg.lora.lora_alpha, state_dict=sd) if is_main() else Path(folder)
         save_backend_params(self.dit, out, self.cfg.engine.attention_backend)   # (collective too)
         return out
+
+# %% ../../nbs/47_train.lora.ipynb #765b52af
+def adapter_state_dict(dit, name:str='default') -> dict:
+    "The weights of peft adapter `name` in its saved layout, whole (gathered from the shards under torchrun: a collective; {} off rank 0)."
+    from videorecipes.parallel.parallelize import full_state_dict
+    return {k.replace(f'.{name}.', '.'): v for k, v in full_state_dict(dit, trainable_only=True).items() if f'.{name}.' in k}
 
 def save_lora(dit, # a DiT with a peft adapter (`add_adapter`)
               folder, # written atomically

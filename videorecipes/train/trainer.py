@@ -440,7 +440,7 @@ def train(cfg:Config, # a validated `Config` (see `parse_args`)
     finally:
         if own_group: close_distributed()
 
-# %% ../../nbs/44_train.trainer.ipynb #d15a5ee9
+# %% ../../nbs/44_train.trainer.ipynb #3e7df299
 def _run(cfg, method, loop, loader, step, last_ck, progress, on_step) -> TrainResult:
     "The steps of `train`, from `step` on."
     t, ck, main, out = cfg.training, cfg.checkpoint, is_main(), Path(cfg.training.output_dir)
@@ -481,6 +481,7 @@ def _run(cfg, method, loop, loader, step, last_ck, progress, on_step) -> TrainRe
     res.seconds_per_step = (time.perf_counter() - t0) / max(n_run, 1)
     return res
 
+# %% ../../nbs/44_train.trainer.ipynb #8bcb1d8a
 def _collect(loop, res, last_ck):
     "Flush the loop's pending records into `res`; a non-finite value stops the run (on every rank) naming the last good checkpoint."
     try: recs = loop.flush()
