@@ -7,7 +7,7 @@ __all__ = ['REQUIRED', 'FRAME_SAMPLING', 'SELECTIVE_KINDS', 'PLUGINS', 'ConfigEr
            'TrainingArgs', 'ParallelArgs', 'OptimizerArgs', 'ValidationArgs', 'LoraArgs', 'CheckpointArgs',
            'MemoryArgs', 'SelectiveArgs', 'MethodArgs', 'method_name', 'EMAArgs', 'TrainerArgs', 'EngineArgs',
            'PreprocessArgs', 'num_slices', 'SelectiveExtraArgs', 'RadialArgs', 'VSAArgs', 'LengthExtensionArgs',
-           'DMDArgs', 'attention_backend_name', 'register_plugin', 'resolve_plugin', 'register_group',
+           'DMDArgs', 'CausalArgs', 'attention_backend_name', 'register_plugin', 'resolve_plugin', 'register_group',
            'unregister_group', 'registered_groups', 'Config', 'read_config_file', 'build_parser', 'parse_args',
            'parse_command', 'run_cli', 'run_subcommands']
 
@@ -472,13 +472,40 @@ class DMDArgs:
             require(cfg.engine.attention_backend != 'vsa', "--dmd_lora True shares one DiT (and its attention) between student, teacher and critic; a VSA student needs full networks (--dmd_lora False)")
         require(self.dmd_collapse_patience >= 1, f"--dmd_collapse_patience must be ≥ 1, got {self.dmd_collapse_patience}")
 
+# %% ../nbs/00_config.ipynb #0485e57c
+@dataclass
+class CausalArgs:
+    "Causal (streaming) Wan students and self-forcing distillation (`kernels.causal`, `recipes.self_forcing`)."
+    num_frame_per_block: int = arg(3, "Causal: latent frames per chunk; a token sees its own chunk and the earlier ones")
+    local_attn_size: int = arg(-1, "Causal: latent frames a chunk attends to, its own included (-1: all): the rolling KV cache that streams past the training length")
+    sink_size: int = arg(0, "Causal: the first this many latent frames stay in the rolling cache (attention sinks)")
+    context_noise: int = arg(0, "Causal: timestep (0-1000) at which a finished chunk is re-run to write the KV cache (0: its clean output)")
+    gradient_frames: int = arg(21, "Self-forcing: only the last this many latent frames of a rollout keep gradients (the reference: 21; -1: all)")
+    ode_steps: int = arg(48, "ODE pairs: the teacher's Euler steps")
+    ode_guidance_scale: float = arg(6.0, "ODE pairs: the teacher's classifier-free guidance scale (diffusers' form)")
+    ode_flow_shift: float = arg(5.0, "ODE pairs: the teacher's sampling shift")
+
+    def validate(self, cfg):
+        b, l = self.num_frame_per_block, self.local_attn_size
+        require(b >= 1, f"--num_frame_per_block must be ≥ 1, got {b}")
+        require(l == -1 or l >= b, f"--local_attn_size must be -1 (all) or ≥ --num_frame_per_block {b}, got {l}")
+        require(0 <= self.sink_size and (l == -1 or self.sink_size < l), f"--sink_size must be in [0, --local_attn_size), got {self.sink_size}")
+        require(0 <= self.context_noise < 1000, f"--context_noise must be a timestep in [0, 1000), got {self.context_noise}")
+        require(self.gradient_frames == -1 or self.gradient_frames >= b, f"--gradient_frames must be -1 or ≥ --num_frame_per_block, got {self.gradient_frames}")
+        require(self.ode_steps >= 1 and self.ode_flow_shift > 0, f"--ode_steps must be ≥ 1 and --ode_flow_shift > 0, got {self.ode_steps}, {self.ode_flow_shift}")
+        if method_name(cfg) in ('ode_init', 'self_forcing'):
+            lt = cfg.training.latent_t
+            require(lt % b == 0, f"--num_frames {cfg.training.num_frames} gives {lt} latent frames, not a whole number of --num_frame_per_block {b} chunks")
+            require(cfg.parallel.sp_size == 1, "causal students do not support --sp_size > 1 yet (the KV cache holds whole frames)")
+
 # %% ../nbs/00_config.ipynb #42348dc3
 PLUGINS = dict(
     method={'full': 'videorecipes.train.full:FullFinetune', 'lora': 'videorecipes.train.lora:LoraFinetune',
             'selective': 'videorecipes.train.selective:SelectiveFinetune',
-            'length_extension': 'videorecipes.recipes.length_extension:LengthExtension', 'dmd2': 'videorecipes.recipes.dmd2:DMD2'},
+            'length_extension': 'videorecipes.recipes.length_extension:LengthExtension', 'dmd2': 'videorecipes.recipes.dmd2:DMD2',
+            'ode_init': 'videorecipes.recipes.self_forcing:ODEInit', 'self_forcing': 'videorecipes.recipes.self_forcing:SelfForcing'},
     attention_backend={'sdpa': 'videorecipes.parallel.attention:sdpa_attention', 'radial': 'videorecipes.kernels.radial:RadialAttention',
-                       'vsa': 'videorecipes.kernels.vsa:VideoSparseAttention'},
+                       'vsa': 'videorecipes.kernels.vsa:VideoSparseAttention', 'block_causal': 'videorecipes.kernels.causal:BlockCausalAttention'},
 )
 
 def attention_backend_name(cfg) -> str:
@@ -882,7 +909,7 @@ for _n, _c in [('model', ModelArgs), ('data', DataArgs), ('training', TrainingAr
                ('checkpoint', CheckpointArgs), ('memory', MemoryArgs), ('selective', SelectiveArgs),
                ('method', MethodArgs), ('ema', EMAArgs), ('trainer', TrainerArgs), ('engine', EngineArgs),
                ('preprocess', PreprocessArgs), ('selective_extra', SelectiveExtraArgs), ('radial', RadialArgs),
-               ('length_extension', LengthExtensionArgs), ('vsa', VSAArgs), ('dmd', DMDArgs)]:
+               ('length_extension', LengthExtensionArgs), ('vsa', VSAArgs), ('dmd', DMDArgs), ('causal', CausalArgs)]:
     register_group(_n, _c)
 del _n, _c
 

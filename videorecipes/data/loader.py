@@ -272,6 +272,8 @@ class Collator:
         if 'first_frame_latents' in samples[0]:
             out['first_frame_latents'] = torch.stack([s['first_frame_latents'] for s in samples])
             out['clip_features'] = torch.stack([s['clip_features'] for s in samples])
+        for k, v in samples[0].items():      # a dataset's own tensors (e.g. ODE trajectories) are stacked as they are
+            if torch.is_tensor(v) and k not in out and k != 'text_embedding': out[k] = torch.stack([s[k] for s in samples])
         return out
 
 # %% ../../nbs/12_data.loader.ipynb #5f6cd83c

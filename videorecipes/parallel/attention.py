@@ -40,6 +40,9 @@ class AttentionBackend:
     def log_values(self, train_step:int) -> dict:
         "Numbers worth logging at a training step (VSA's scheduled sparsity), or {}."
         return {}
+    def install(self, dit, ctx) -> list:
+        "Hooks this backend puts on the whole DiT (causal attention's RoPE at a chunk's frame offset); `AttentionHandle.remove` takes them off."
+        return []
 
 class FunctionBackend(AttentionBackend):
     "A function `fn(q, k, v, key_mask=None)` (optionally with a `ctx=` keyword) as a backend."
@@ -332,7 +335,7 @@ def set_attention(dit, backend='sdpa', # an `--attention_backend` name or an `At
              for name in dit.attn_processors}
     dit.set_attn_processor(procs)
     _add_backend_params(dit, b, tp_group)
-    hooks = [dit.register_forward_pre_hook(_context_hook(dit, ctx, layout, b), with_kwargs=True)]
+    hooks = [dit.register_forward_pre_hook(_context_hook(dit, ctx, layout, b), with_kwargs=True), *b.install(dit, ctx)]
     if sp is not None or type(b).token_order is not AttentionBackend.token_order: hooks += _layout_hooks(dit, layout)
     dit._vr_attn_ctx, dit._vr_attn = ctx, AttentionHandle(dit, b, ctx, layout, hooks)
     return dit._vr_attn

@@ -24,9 +24,9 @@ from ..train.full import write_pipeline_folder
 __all__ = ['DIAGNOSTICS', 'shift_sigma', 'student_sigmas', 'loss_sigmas', 'to_x0', 'renoise', 'randn_like_each', 'guided',
            'student_x0', 'dmd_scores', 'dmd_gradient', 'dmd_loss', 'critic_loss', 'toy_data', 'ToyFlow', 'train_flow',
            'euler', 'few_step', 'swd', 'toy_dmd', 'near_modes', 'toy_evaluate', 'plot_toy', 'DMD2', 'role', 'model',
-           'parallelize', 'generator_loss', 'sample_stats', 'train_step', 'health', 'write_few_step_schedule',
-           'validation_sampler', 'save_final', 'plot_diagnostics', 'frames_figure', 'EvaluateDMDArgs', 'evaluate_dmd',
-           'evaluate_dmd_main']
+           'parallelize', 'rollout', 'generator_loss', 'sample_stats', 'agreed_step', 'train_step', 'health',
+           'write_few_step_schedule', 'validation_sampler', 'save_final', 'plot_diagnostics', 'frames_figure',
+           'EvaluateDMDArgs', 'evaluate_dmd', 'evaluate_dmd_main']
 
 # %% ../../nbs/63_recipes.dmd2.ipynb #f3a3057c
 def shift_sigma(s, shift:float):
@@ -327,15 +327,20 @@ def parallelize(self, dims):
 
 # %% ../../nbs/63_recipes.dmd2.ipynb #60acd3f3
 @_patch(DMD2)
+def rollout(self, batch:dict, gens:list, k:int=None) -> torch.Tensor:
+    "The student's x0 of one micro-batch, with gradients at step `k` (a subclass's rollout: self-forcing's chunks)."
+    d, x = self.cfg.dmd, batch['latents'].to(self.device, torch.float32)
+    return student_x0(self.model('student', batch), self.sigmas.to(self.device), gens, x.shape, x, d.dmd_rollout, self.device, k)[0]
+
+@_patch(DMD2)
 def generator_loss(self, batch:dict, gens:list, grad:bool=True,
                    k:int=None, # the rollout's step for the whole batch (the same on every rank: they run the same forwards)
                   ) -> tuple:
     "(DMD loss or None, the student's x0, logs) of one micro-batch; without `grad`, only the no-grad rollout."
-    d, x = self.cfg.dmd, batch['latents'].to(self.device, torch.float32)
-    roll = lambda: student_x0(self.model('student', batch), self.sigmas.to(self.device), gens, x.shape, x, d.dmd_rollout, self.device, k)
+    d = self.cfg.dmd
     if not grad:
-        with torch.no_grad(): return None, roll()[0], {}
-    x0, k = roll()
+        with torch.no_grad(): return None, self.rollout(batch, gens, k), {}
+    x0 = self.rollout(batch, gens, k)
     sigma = loss_sigmas(gens, d.flow_shift, d.min_timestep_ratio, d.max_timestep_ratio).to(self.device)
     noise = randn_like_each(x0, gens)
     cond, uncond = self.model('teacher', batch), self.model('teacher', _uncond_batch(batch, self.empty))
@@ -346,12 +351,29 @@ def generator_loss(self, batch:dict, gens:list, grad:bool=True,
                 teacher_critic_gap=(fake - real).abs().mean() / real.abs().mean().clamp_min(1e-8), dmd_sigma=sigma.mean())
     return dmd_loss(x0, g), x0, logs
 
-def sample_stats(x0:torch.Tensor, data:torch.Tensor) -> dict:
+def sample_stats(x0:torch.Tensor, data:torch.Tensor=None, # the batch's real latents (None, prompt-only data: mean and std alone)
+                ) -> dict:
     "What collapse shows first: the samples' mean and std, and their std and temporal variance relative to the data's."
-    x0, data = x0.detach().float(), data.float()
+    x0 = x0.detach().float()
+    if data is None: return dict(student_mean=x0.mean(), student_std=x0.std())
+    data = data.float()
     tvar = lambda v: v.var(dim=2).mean() if v.shape[2] > 1 else v.new_ones(())
     return dict(student_mean=x0.mean(), student_std=x0.std(), student_std_ratio=x0.std() / data.std().clamp_min(1e-8),
                 student_temporal_ratio=tvar(x0) / tvar(data).clamp_min(1e-8))
+
+# %% ../../nbs/63_recipes.dmd2.ipynb #ce457e36
+def agreed_step(seed:int, step:int, micro:int, n:int, # the run's seed, the step, the micro-batch; steps to choose from
+                device=None, # where the check's tensor lives (the process group's device)
+               ) -> int:
+    "The student's rollout step of a micro-batch, in [0, n): drawn from (seed, step, micro) alone, so every rank draws the same; under torch.distributed the ranks check that they agree."
+    import torch.distributed as dist
+    k = int(torch.randint(0, n, (1,), generator=step_generator(seed, step, micro, -1)))
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        t = torch.tensor([k, -k], device=device)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        if int(t[0]) != k or -int(t[1]) != k:
+            raise RuntimeError(f"rank {dist.get_rank()} drew rollout step {k} at step {step}, others drew {int(t[0])}/{-int(t[1])}: the ranks' --seed differ")
+    return k
 
 # %% ../../nbs/63_recipes.dmd2.ipynb #ed20c282
 @_patch(DMD2)
@@ -361,7 +383,7 @@ def train_step(self, step:int, batches, loop) -> dict:
     for micro in range(loop.accumulation('critic')):
         batch = next(batches)
         gens = sample_generators(seed, step, micro, batch['indices'])
-        k = int(torch.randint(0, len(self.sigmas), (1,), generator=step_generator(seed, step, micro, -1)))   # (FastVideo: one per step too)
+        k = agreed_step(seed, step, micro, len(self.sigmas), self.device)   # (FastVideo: one per step too)
         with loop.autocast(): loss, x0, l = self.generator_loss(batch, gens, grad=student_due, k=k)
         if loss is not None: loop.backward(loss, 'main')
         kept.append((batch, gens, x0.detach())); logs.update(l)
@@ -374,7 +396,8 @@ def train_step(self, step:int, batches, loop) -> dict:
         loop.backward(c, 'critic')
         rel = rel + c.detach() / (noise - x0).float().pow(2).mean() / len(kept)   # what a critic that predicts 0 would lose: 1
     loop.step('critic')
-    return {**logs, 'critic_rel_loss': rel, **sample_stats(kept[-1][2], kept[-1][0]['latents'].to(self.device))}
+    ref = kept[-1][0].get('latents')
+    return {**logs, 'critic_rel_loss': rel, **sample_stats(kept[-1][2], None if ref is None else ref.to(self.device))}
 
 # %% ../../nbs/63_recipes.dmd2.ipynb #d2f9c848
 @_patch(DMD2)

@@ -269,9 +269,10 @@ class Validator:
                  subdir:str='validation', # under --output_dir
                  sigmas:list=None, # a few-step student's noise levels (`sampling.few_step_scheduler`)
                  guidance_scale:float=None, # default --validation_guidance_scale
+                 sampler_cls=None, # what samples (default `sampling.Sampler`; a causal student's: `recipes.self_forcing.CausalSampler`)
                 ):
         self.cfg, self.device, self.transformer, self.subdir = cfg, device, transformer, subdir
-        self.sigmas, self.guidance_scale = sigmas, guidance_scale
+        self.sigmas, self.guidance_scale, self.sampler_cls = sigmas, guidance_scale, sampler_cls
         self.entries = read_validation_prompts(cfg.validation.validation_dataset_file)
         self.sampler = self.embeds = None
 
@@ -279,7 +280,7 @@ class Validator:
         "Load the pipeline parts once, in the training precision; encode the prompts; release the text encoder."
         from videorecipes.sampling import Sampler
         c, v = self.cfg, self.cfg.validation
-        self.sampler = Sampler(c.model.model_path, transformer=dit, text_dtype=_TRAIN_DTYPE[c.optimizer.mixed_precision], device=self.device)
+        self.sampler = (self.sampler_cls or Sampler)(c.model.model_path, transformer=dit, text_dtype=_TRAIN_DTYPE[c.optimizer.mixed_precision], device=self.device)
         if self.sampler.kind == 'i2v' and any('image_path' not in e for e in self.entries):
             raise ConfigError(f"--validation_dataset_file {v.validation_dataset_file}: an I2V model needs 'image_path' in every entry")
         self.images = [_load_image(e['image_path']) for e in self.entries] if self.sampler.kind == 'i2v' else None
