@@ -201,7 +201,7 @@ class GenerateArgs:
     decay_factor: float = arg(1.0, "Radial: width of the attention band (the seed: 0.2)")
     radial_block_size: int = arg(128, "Radial: block size of the mask")
     radial_split_threshold: int = arg(128, "Radial: bands narrower than this keep every k-th frame distance")
-    causal: bool = arg(False, "A causal student (its folder's causal.json): chunk-by-chunk generation on a KV cache (`recipes.self_forcing`)")
+    causal: Optional[bool] = arg(None, "A causal student: chunk-by-chunk generation on a KV cache (`recipes.self_forcing`); None: when the folder has a causal.json")
     stream: bool = arg(False, "Causal: write each chunk as soon as it is decoded (an mp4 that grows, NAME.partial.mp4, and NAME_frames/*.png); report latency and frames/s")
     local_attn_size: Optional[int] = arg(None, "Causal: latent frames a chunk attends to (a rolling cache, to go past the training length; None: the folder's)")
     sink_size: Optional[int] = arg(None, "Causal: first latent frames the rolling cache keeps (None: the folder's)")
@@ -236,7 +236,7 @@ def generate_cli(argv=None) -> list[Path]:
     t0 = time.time()
     path = a.model_path or tiny_zoo(a.tiny or 't2v', a.zoo_dir)
     if not a.model_path: print(f"tiny zoo: {path} ({folder_size(path)/1e6:.2f} MB, built/checked in {time.time()-t0:.1f}s)")
-    if a.causal:
+    if a.causal or (a.causal is None and (Path(str(path)) / 'causal.json').is_file()):
         from videorecipes.recipes.self_forcing import generate_causal
         return generate_causal(a, path, device)
     require(not a.stream, "--stream needs --causal (a bidirectional model finishes every frame at once)")

@@ -93,6 +93,26 @@ LAUNCHERS.update({
                                 flags=dict(_DMD, dmd_denoising_steps='1000,757,522', attention_backend='vsa', VSA_sparsity=0.8)),
 })
 
+# %% ../../nbs/45_train.cli.ipynb #f0484edd
+_SF = dict(method='self_forcing', num_frames=81, num_height=480, num_width=832, train_batch_size=1, gradient_accumulation_steps=1,
+           num_frame_per_block=3, context_noise=0, gradient_frames=21, dmd_denoising_steps='1000,750,500,250', flow_shift=5.0,
+           learning_rate=2e-6, fake_score_learning_rate=4e-7, adam_beta1=0.0, adam_beta2=0.999, weight_decay=0.01,
+           generator_update_interval=5, ema_decay=0.99, ema_start_step=200, ema_final=True, real_score_guidance_scale=3.0,
+           cfg_form='dmd2', min_timestep_ratio=0.02, max_timestep_ratio=0.98, cfg_rate=0.0, max_train_steps=3000,
+           checkpointing_steps=200, validation_steps=100, seed=1000)
+LAUNCHERS.update({
+    'ode_init_t2v_1.3B': dict(doc="ODE initialisation of a causal Wan2.1 T2V 1.3B (chunks of 3 latent frames) on the teacher's ODE pairs (DATA: launchers/ode_pairs_t2v.sh's output; 8 GPUs)",
+                              kind='t2v', model='Wan-AI/Wan2.1-T2V-1.3B-Diffusers', gpus=8, config='wan2.1-480p', slurm=dict(nodes=1),
+                              flags=dict(method='ode_init', num_frames=81, num_frame_per_block=3, learning_rate=2e-6,
+                                         adam_beta1=0.0, adam_beta2=0.999, cfg_rate=0.0, gradient_accumulation_steps=1, max_train_steps=3000,
+                                         checkpointing_steps=500, validation_steps=500, seed=1000)),
+    'distill_dmd_t2v_1.3B': dict(doc="SFWan2.1 T2V 1.3B self-forcing: the causal student from its ODE initialisation (MODEL_PATH), teacher Wan2.1 T2V 14B, critic 1.3B; DATA: any preprocessed folder (prompts only; 8 GPUs)",
+                                 kind='t2v', model='outputs/ode_init_t2v_1.3B/final', gpus=8, config='wan2.1-480p', slurm=dict(nodes=1),
+                                 flags=dict(_SF, teacher_model_path='Wan-AI/Wan2.1-T2V-14B-Diffusers', critic_model_path='Wan-AI/Wan2.1-T2V-1.3B-Diffusers')),
+    'distill_dmd': dict(doc="SFWan2.2 A14B self-forcing of the two Wan2.2 T2V A14B experts (refused until the Wan2.2 experts are supported; 8 GPUs)",
+                        kind='t2v', model='Wan-AI/Wan2.2-T2V-A14B-Diffusers', gpus=8, config='wan2.1-480p', slurm=dict(nodes=1), flags=dict(_SF)),
+})
+
 # %% ../../nbs/45_train.cli.ipynb #748f431f
 _TORCHRUN = """#!/usr/bin/env bash
 # The torchrun call of every launchers/finetune_*.sh, which set NAME, KIND, DEFAULT_MODEL (empty: the tiny zoo),
