@@ -497,6 +497,7 @@ class CausalArgs:
             lt = cfg.training.latent_t
             require(lt % b == 0, f"--num_frames {cfg.training.num_frames} gives {lt} latent frames, not a whole number of --num_frame_per_block {b} chunks")
             require(cfg.parallel.sp_size == 1, "causal students do not support --sp_size > 1 yet (the KV cache holds whole frames)")
+            require(not cfg.dmd.dmd_lora, "--method self_forcing: the causal student cannot share one DiT with its bidirectional teacher; use --dmd_lora False")
             for p in (cfg.model.model_path, cfg.dmd.teacher_model_path, cfg.dmd.critic_model_path):
                 require(not (p and ('A14B' in str(p) or (Path(str(p)) / 'transformer_2').is_dir())),
                         f"{p}: a Wan2.2 A14B model (two experts); the causal recipes train one DiT, and the A14B experts are not supported yet")
