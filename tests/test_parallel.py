@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
+from helpers import run_torchrun
 from videorecipes.config import parse_args
 from videorecipes.data.preprocess import preprocess_dataset
 from videorecipes.synthetic import make_synthetic_dataset
@@ -46,7 +47,7 @@ def run1(args):
 def run2(args, *torchrun_flags, script=None):
     cmd = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', '2', *torchrun_flags]
     cmd += [script] if script else ['-m', 'videorecipes.train.cli']
-    p = subprocess.run(cmd + ['--num_gpus', '2', *args], env=ENV, capture_output=True, text=True, timeout=600)
+    p = run_torchrun(cmd + ['--num_gpus', '2', *args], 600, env=ENV)
     errs = [l for l in (p.stdout + p.stderr).splitlines() if "Error" in l or "error:" in l]
     assert p.returncode == 0, "\n".join(errs[-10:]) + p.stderr[-2000:]
     return p
@@ -173,7 +174,7 @@ def test_frozen_teacher_sharded(data, tmp_path):
     from videorecipes.zoo import load_transformer
     script = tmp_path / 'frozen.py'; script.write_text(FROZEN)
     cmd = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', '2', str(script), str(data['zoo']), str(tmp_path / 'o.pt')]
-    p = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=300)
+    p = run_torchrun(cmd, 300, env=ENV)
     assert p.returncode == 0, p.stderr[-3000:]
     r = torch.load(tmp_path / 'o.pt')
     assert r['local'] < 0.55 * r['full'], (r['local'], r['full'])   # rank 0's share (uneven dims round up)
@@ -224,7 +225,7 @@ def test_i2v_forward_under_sp_and_tp(tmp_path):
     zoo = tiny_zoo('i2v')
     script = tmp_path / 'i2v.py'; script.write_text(I2V_FWD)
     cmd = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', '2', str(script), str(zoo), str(tmp_path / 'o.pt')]
-    p = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=300)
+    p = run_torchrun(cmd, 300, env=ENV)
     assert p.returncode == 0, p.stderr[-3000:]
     outs = torch.load(tmp_path / 'o.pt')
     t = load_transformer(zoo, dtype='fp32').eval()

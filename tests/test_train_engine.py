@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
+from helpers import run_torchrun
 from videorecipes.config import parse_args, Config
 from videorecipes.data.preprocess import preprocess_dataset
 from videorecipes.synthetic import make_synthetic_dataset
@@ -38,7 +39,7 @@ def flags(d, out, *extra):
 
 def torchrun(args, ok=True):
     cmd = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', '2', SCRIPT, '--num_gpus', '2', *args]
-    p = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=600)
+    p = run_torchrun(cmd, 600, env=ENV)
     if ok: assert p.returncode == 0, p.stderr[-3000:]
     return p
 
@@ -236,7 +237,7 @@ def test_backend_token_order_under_sequence_parallel(tmp_path):
     zoo = tiny_zoo('t2v')
     script = tmp_path / 'order.py'; script.write_text(ORDER_FWD)
     cmd = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', '2', str(script), str(zoo), str(tmp_path / 'o.pt')]
-    p = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=300)
+    p = run_torchrun(cmd, 300, env=ENV)
     assert p.returncode == 0, p.stderr[-3000:]
     t = load_transformer(zoo, dtype='fp32').eval()
     torch.manual_seed(0)
