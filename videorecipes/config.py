@@ -321,7 +321,7 @@ _PRECISIONS = ('fp32', 'bf16', 'fp16')
 @dataclass
 class PreprocessArgs:
     "Turning videos into latent shards (`videorecipes-data preprocess`)."
-    data_merge_path: Optional[str] = arg(None, "Merged dataset: a folder with videos/ and videos2caption.json, or the JSON file")
+    data_merge_path: Optional[str] = arg(None, "Merged dataset: a folder with videos/ and videos2caption.json, the JSON file, or FastVideo's merge.txt (lines videos_folder,videos2caption.json)")
     dataset_path: Optional[str] = arg(None, "Hugging Face dataset instead: a local dataset folder or a hub name")
     hf_video_column: str = arg('video', "Column of videos (paths or bytes) in --dataset_path")
     hf_caption_column: str = arg('caption', "Column of captions in --dataset_path")

@@ -29,7 +29,7 @@ def atomic_path(path, # final file name
     "Yield a temporary path beside `path`; on success it replaces `path` (with the umask's permissions), on error it is removed."
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + path.suffix, dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)   # (never `*.parquet`: scanners would take it for a shard)
     os.close(fd)
     try:
         yield Path(tmp)

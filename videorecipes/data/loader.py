@@ -330,7 +330,12 @@ def build_loader(cfg, # a `Config`: data.data_path, training.train_batch_size/se
                 ) -> LatentLoader:
     "The `LatentLoader` a recipe's flags describe."
     if not cfg.data.data_path: raise ConfigError("--data_path is not set (the folder written by videorecipes-data preprocess)")
-    if latent_stats is None and not (Path(cfg.data.data_path) / 'dataset_info.json').exists(): latent_stats = cfg.model.model_path
+    if latent_stats is None and not (Path(cfg.data.data_path) / 'dataset_info.json').exists():   # (FastVideo's folders have none)
+        from videorecipes.zoo import ModelLoadError
+        try: latent_stats = LatentStats.load(cfg.model.model_path)
+        except (ValueError, OSError, ModelLoadError) as e:
+            raise ConfigError(f"--data_path {cfg.data.data_path} has no dataset_info.json, so the latents' statistics come from the VAE of "
+                              f"--model_path {cfg.model.model_path}, which has none: {str(e)[:200]}") from None
     ds = (dataset_cls or LatentDataset)(cfg.data.data_path, latent_stats, media_type, cfg.training.num_latent_t, cfg.data.dataloader_cache_mb)
     b = cfg.training.train_batch_size
     if len(ds) < b * dp_size:

@@ -131,8 +131,14 @@ SHARD_META_KEY = b'videorecipes'
 def shard_name(rank:int, i:int) -> str: return f"rank{rank:03d}-{i:05d}.parquet"
 
 def list_shards(folder) -> list[Path]:
-    "The Parquet shards of a folder, sorted (temporary files of interrupted writes excluded)."
-    return sorted(p for p in Path(folder).glob('*.parquet') if not p.name.startswith('.'))
+    "The Parquet shards under a folder, sorted: in subfolders too (FastVideo's `worker_*/data_chunk_*.parquet`), but not hidden names or subfolders that are datasets of their own (with a dataset_info.json)."
+    folder, out = Path(folder), []
+    for p in folder.rglob('*.parquet'):
+        parts = p.relative_to(folder).parts
+        if any(s.startswith('.') for s in parts): continue
+        if any((folder.joinpath(*parts[:i]) / 'dataset_info.json').exists() for i in range(1, len(parts))): continue
+        out.append(p)
+    return sorted(out)
 
 def shard_meta(path) -> dict:
     "What preprocessing recorded in a shard: its chunk's ids, the skipped samples, rank and index."
@@ -261,16 +267,17 @@ def _encode_batch(enc, items, kind, timings):
             t0 = time.perf_counter(); feats = enc.encode_image(frames[:, 0]); _sync(enc.device); timings['image'] += time.perf_counter() - t0
         for k, j in enumerate(js):
             r = rows[j] = {}
-            r['vae_latent_bytes'], r['vae_latent_shape'], r['vae_latent_dtype'] = tensor_to_bytes(lat[k])
+            # stored as float32 whatever the encoders ran in: FastVideo's loader reads every tensor as bytes + shape in float32
+            r['vae_latent_bytes'], r['vae_latent_shape'], r['vae_latent_dtype'] = tensor_to_bytes(lat[k].float())
             if kind == 'i2v':
-                r['first_frame_latent_bytes'], r['first_frame_latent_shape'], r['first_frame_latent_dtype'] = tensor_to_bytes(cond[k])
-                r['clip_feature_bytes'], r['clip_feature_shape'], r['clip_feature_dtype'] = tensor_to_bytes(feats[k])
+                r['first_frame_latent_bytes'], r['first_frame_latent_shape'], r['first_frame_latent_dtype'] = tensor_to_bytes(cond[k].float())
+                r['clip_feature_bytes'], r['clip_feature_shape'], r['clip_feature_dtype'] = tensor_to_bytes(feats[k].float())
     t0 = time.perf_counter(); embs = enc.encode_text([e.caption for e, _ in items]); _sync(enc.device)
     timings['text'] += time.perf_counter() - t0
     out = []
     for j, ((e, c), emb) in enumerate(zip(items, embs)):
         r = rows[j]
-        r['text_embedding_bytes'], r['text_embedding_shape'], r['text_embedding_dtype'] = tensor_to_bytes(emb)
+        r['text_embedding_bytes'], r['text_embedding_shape'], r['text_embedding_dtype'] = tensor_to_bytes(emb.float())
         T, H, W = c.frames.shape[:3]
         out.append(dict(id=e.id, file_name=e.file_name, caption=e.caption, media_type=e.media_type, width=W, height=H,
                         num_frames=T, duration_sec=c.duration, fps=c.fps, **r))
@@ -367,6 +374,14 @@ def summarize(folder, # a preprocessed folder
     return s
 
 # %% ../../nbs/11_data.preprocess.ipynb #50039073
+def _infer_info(shard) -> dict:
+    "What a dataset_info.json would say, read from a shard's first row (its latent shape, its kind): for folders without one."
+    f = pq.ParquetFile(shard)
+    row = f.read_row_group(0).slice(0, 1).to_pylist()[0]
+    z, t, h, w = row['vae_latent_shape']
+    return dict(num_frames=(t - 1) * 4 + 1, height=h * 8, width=w * 8, vae=dict(z_dim=z),
+                model_type='i2v' if 'first_frame_latent_bytes' in f.schema_arrow.names else 't2v')
+
 def _expected(info, num_frames, height, width, model_type, text_max_length):
     v = info.get('vae', {})
     e = dict(num_frames=num_frames or info.get('num_frames'), height=height or info.get('height'), width=width or info.get('width'),
@@ -386,10 +401,10 @@ def validate_dataset(folder, # a preprocessed folder
     problems, add = [], lambda f, msg: problems.append(f"{f}: {msg}") if len(problems) < max_problems else None
     if not folder.is_dir(): return dict(folder=str(folder), rows=0, problems=[f"{folder}: no such folder"])
     info = json.loads((folder / 'dataset_info.json').read_text()) if (folder / 'dataset_info.json').exists() else {}
-    if not info: add(folder, "no dataset_info.json (was it written by videorecipes-data preprocess?)")
-    e = _expected(info, num_frames, height, width, model_type, text_max_length)
     shards = list_shards(folder)
     if not shards: add(folder, "no Parquet shards")
+    if not info and shards: info = _infer_info(shards[0])      # FastVideo's folders have no dataset_info.json
+    e = _expected(info, num_frames, height, width, model_type, text_max_length)
     schema = parquet_schema(e['model_type'])
     tensors = ['vae_latent', 'text_embedding'] + (['first_frame_latent', 'clip_feature'] if e['model_type'] == 'i2v' else [])
     ids, dims, lengths, counts, clip_shapes, n = set(), set(), [], Counter(), set(), 0
@@ -422,8 +437,9 @@ def validate_dataset(folder, # a preprocessed folder
                         add(where, f"text_embedding shape {list(te.shape)}, expected [L, D] with 1 ≤ L ≤ {e['text_max_length']}")
                     else: dims.add(te.shape[1]); lengths.append(te.shape[0])
                 if 'clip_feature' in ts: clip_shapes.add(tuple(ts['clip_feature'].shape))
-                if (row['num_frames'], row['height'], row['width']) != (T, e['height'], e['width']):
-                    add(where, f"metadata says {row['num_frames']}x{row['height']}x{row['width']}, expected {T}x{e['height']}x{e['width']}")
+                lt = (T - 1) // e['st'] + 1          # (FastVideo's rows count latent frames)
+                if row['num_frames'] not in (T, lt) or (row['height'], row['width']) != (e['height'], e['width']):
+                    add(where, f"metadata says {row['num_frames']}x{row['height']}x{row['width']}, expected {T} (or {lt} latent) x{e['height']}x{e['width']}")
     if len(dims) > 1: add(folder, f"text embeddings of different widths {sorted(dims)}")
     if len(clip_shapes) > 1: add(folder, f"CLIP features of different shapes {sorted(clip_shapes)}")
     rep = folder / 'report.json'

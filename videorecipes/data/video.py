@@ -18,8 +18,9 @@ from ..config import FRAME_SAMPLING
 
 # %% auto #0
 __all__ = ['REASONS', 'IMAGE_EXTS', 'VIDEO_EXTS', 'SAMPLING', 'SampleError', 'DatasetError', 'MediaEntry', 'media_type_of',
-           'read_merged_dataset', 'videos2caption', 'read_captions', 'videos2caption_cli', 'hf_entries',
-           'frame_indices', 'resize_center_crop', 'Clip', 'decode_clip', 'load_image', 'load_clip', 'remux_faststart']
+           'read_merged_dataset', 'read_merge_list', 'videos2caption', 'read_captions', 'videos2caption_cli',
+           'hf_entries', 'frame_indices', 'resize_center_crop', 'Clip', 'decode_clip', 'load_image', 'load_clip',
+           'remux_faststart']
 
 # %% ../../nbs/10_data.video.ipynb #5673f16b
 REASONS = {
@@ -97,15 +98,18 @@ def _index_path(path):
     if not p.exists(): raise DatasetError(f"{p}: no such file (expected a folder with videos/ and videos2caption.json)")
     return p
 
-def read_merged_dataset(path, # dataset folder (with videos/ and videos2caption.json), or the JSON file itself
+def read_merged_dataset(path, # dataset folder (with videos/ and videos2caption.json), the JSON file itself, or FastVideo's merge.txt
+                        videos_dir=None, # where the entries' paths start (default: `videos/` beside the JSON)
                        ) -> tuple[list[MediaEntry], list[dict]]:
     "The good entries of a merged dataset, and one problem record (file, reason, detail) per bad entry."
+    if Path(path).is_file() and Path(path).suffix == '.txt': return read_merge_list(path)
     index = _index_path(path)
     root = index.parent.resolve()
     try: items = json.loads(index.read_bytes().decode('utf-8', errors='surrogateescape'))   # bad bytes: flagged per entry below
     except json.JSONDecodeError as e: raise DatasetError(f"{index}: invalid JSON ({e})") from None
     if not isinstance(items, list): raise DatasetError(f"{index}: the top level must be a list of entries, got {type(items).__name__}")
-    entries, problems, seen, vroot = [], [], {}, (root / 'videos').resolve()
+    entries, problems, seen = [], [], {}
+    vroot = Path(videos_dir).resolve() if videos_dir is not None else (root / 'videos').resolve()
     for i, it in enumerate(items):
         where = f"{index.name}[{i}]"
         try:
@@ -115,8 +119,8 @@ def read_merged_dataset(path, # dataset folder (with videos/ and videos2caption.
             try: rel.encode('utf-8')
             except UnicodeEncodeError: raise SampleError('malformed_entry', where, f"entry {i}: its path {rel!r:.80} is not valid UTF-8") from None
             if cap is None: raise SampleError('malformed_entry', rel, f"entry {i}: 'cap' must be a string or a list of strings, got {it.get('cap')!r:.80}")
-            full = Path(os.path.normpath(root / 'videos' / rel))   # an absolute `rel` stays itself
-            if not full.is_relative_to(root): raise SampleError('path_escapes', rel, f"entry {i}: {rel!r} resolves to {full}, outside {root}")
+            full = Path(os.path.normpath(vroot / rel))   # an absolute `rel` stays itself
+            if not (full.is_relative_to(root) or full.is_relative_to(vroot)): raise SampleError('path_escapes', rel, f"entry {i}: {rel!r} resolves to {full}, outside {root}")
             real = full.resolve()    # a symlink inside the folder that points outside it escapes just like '../'
             if not (real.is_relative_to(root) or real.is_relative_to(vroot)):
                 raise SampleError('path_escapes', rel, f"entry {i}: {rel!r} is a link to {real}, outside {root}")
@@ -130,6 +134,24 @@ def read_merged_dataset(path, # dataset folder (with videos/ and videos2caption.
         meta = {k: v for k, v in it.items() if k not in ('path', 'cap')}
         if isinstance(it.get('cap'), list) and len(it['cap']) > 1: meta['other_captions'] = it['cap'][1:]
         entries.append(MediaEntry(id=rel, file_name=rel, caption=cap.strip(), media_type=media_type_of(rel), source=str(full), meta=meta))
+    return _unique_ids(entries), problems
+
+# %% ../../nbs/10_data.video.ipynb #08e852d8
+def read_merge_list(path, # FastVideo's merge.txt: lines `videos_folder,videos2caption.json`
+                   ) -> tuple[list[MediaEntry], list[dict]]:
+    "The entries and problems of every dataset a merge.txt names, pooled."
+    p, entries, problems = Path(path), [], []
+    where = lambda s: Path(s) if Path(s).exists() else p.parent / s
+    for n, line in enumerate(p.read_text().splitlines(), 1):
+        if not line.strip() or line.lstrip().startswith('#'): continue
+        parts = [s.strip() for s in line.split(',')]
+        if len(parts) != 2 or not all(parts): raise DatasetError(f"{p}:{n}: expected 'videos_folder,videos2caption.json', got {line!r:.80}")
+        videos, index = map(where, parts)
+        if not videos.is_dir(): raise DatasetError(f"{p}:{n}: {parts[0]}: no such folder")
+        if not index.is_file(): raise DatasetError(f"{p}:{n}: {parts[1]}: no such file")
+        e, pr = read_merged_dataset(index, videos_dir=videos)
+        entries += e; problems += [dict(r, merge_line=n) for r in pr]
+    if not entries and not problems: raise DatasetError(f"{p}: names no dataset")
     return _unique_ids(entries), problems
 
 # %% ../../nbs/10_data.video.ipynb #8f53b973
