@@ -92,7 +92,7 @@ def heldout_prompts(n:int, seed:int=1000, colours=None, backgrounds=None,
 def score_model(model_path, # a diffusers pipeline folder (e.g. a run's `final/`)
                 prompts:list[str], lora=None, # a LoRA folder or file for `pipe.load_lora_weights`
                 num_frames:int=9, height:int=32, width:int=32, num_inference_steps:int=20, guidance_scale:float=5.0,
-                seed:int=0, text_max_length:int=512, # the prompt length the model was trained with
+                seed:int=0, text_max_length:int=None, # the prompt length the model was trained with (None: its training_info.json, else 512)
                 out_dir=None, # write the videos and scores.json here
                 progress:bool=True,
                 attention=None, # a function of the transformer run before sampling (e.g. installing VSA, `recipes.vsa_finetune`)
@@ -142,7 +142,7 @@ class DemoScoreArgs:
     num_inference_steps: int = arg(20, "Denoising steps")
     guidance_scale: float = arg(5.0, "Guidance scale")
     seed: int = arg(0, "Seed")
-    text_max_length: int = arg(512, "Text length")
+    text_max_length: Optional[int] = arg(None, "Prompt length in tokens (None: what the model was trained with, else 512)")
     num_frames: int = arg(9, "Frames"); height: int = arg(32, "Height"); width: int = arg(32, "Width")
 
 @dataclass

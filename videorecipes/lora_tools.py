@@ -501,7 +501,7 @@ def extract_lora(base, # the model before finetuning: folder, hub id, file, modu
 
 # %% ../nbs/50_lora_tools.ipynb #c099f213
 DIFFUSERS_LORA_NAME, COMFY_LORA_NAME, FULL_DELTAS_NAME, REPORT_NAME = (
-    'pytorch_lora_weights.safetensors', 'lora_comfyui.safetensors', 'full_deltas.safetensors', 'extraction_report.json')
+    'pytorch_lora_weights.safetensors', 'wan_lora_comfy.safetensors', 'full_deltas.safetensors', 'extraction_report.json')
 
 def _json_default(o):
     if isinstance(o, Path): return str(o)

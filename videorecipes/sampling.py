@@ -11,12 +11,13 @@ from pathlib import Path
 import numpy as np
 import torch
 from .zoo import load_components, pipeline_kind, as_dtype
-from .videoio import write_video
+from .videoio import write_video, atomic_path
 from .config import arg, require, REQUIRED, parse_command, run_cli
 
 # %% auto #0
-__all__ = ['SCHEDULE_FILE', 'unwrap_transformer', 'Sampler', 'few_step_scheduler', 'read_few_step_schedule', 'save_videos',
-           'GenerateArgs', 'generate_cli', 'generate_main']
+__all__ = ['MODEL_INFO_FILE', 'SCHEDULE_FILE', 'unwrap_transformer', 'Sampler', 'write_model_info', 'model_text_length',
+           'few_step_scheduler', 'read_few_step_schedule', 'save_videos', 'GenerateArgs', 'generate_cli',
+           'generate_main']
 
 # %% ../nbs/04_sampling.ipynb #b5289372
 def unwrap_transformer(model):
@@ -36,6 +37,7 @@ class Sampler:
                  device=None, # where to run (default: the transformer's device)
                 ):
         self.model_path, self.kind = model_path, pipeline_kind(model_path)
+        self.text_max_length = model_text_length(model_path)   # what the model was trained with, when known (else None: 512)
         names = ['vae', 'text_encoder', 'tokenizer', 'scheduler'] + (['image_encoder', 'image_processor'] if self.kind == 'i2v' else [])
         if transformer is None: names.append('transformer')
         self.parts = load_components(model_path, names, dtype=text_dtype, image_encoder_dtype=text_dtype)
@@ -55,11 +57,38 @@ class Sampler:
         pipe.set_progress_bar_config(disable=True)
         return pipe
 
+# %% ../nbs/04_sampling.ipynb #ed533bb6
+MODEL_INFO_FILE = 'training_info.json'
+
+def write_model_info(folder, cfg) -> Path:
+    "`folder/training_info.json`: the settings a trained model expects at sampling (prompt length, clip shape, method), atomically."
+    from videorecipes.config import method_name
+    t = cfg.training
+    d = dict(text_max_length=cfg.data.text_max_length, num_frames=t.num_frames, height=t.num_height, width=t.num_width,
+             method=method_name(cfg), base_model=str(cfg.model.model_path))
+    with atomic_path(Path(folder) / MODEL_INFO_FILE) as tmp: tmp.write_text(json.dumps(d, indent=1))
+    return Path(folder) / MODEL_INFO_FILE
+
+def model_text_length(folder) -> Optional[int]:
+    "The prompt length a model folder was trained with: its `training_info.json`, else its run's `config.json` (one folder up), else None."
+    p = Path(str(folder))
+    f = p / MODEL_INFO_FILE
+    if f.is_file():
+        try: d = json.loads(f.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError): d = None
+        n = d.get('text_max_length') if isinstance(d, dict) else 0
+        if not isinstance(n, int) or n < 1: raise ValueError(f"{f}: not the JSON object expected (a positive integer text_max_length)")
+        return n
+    run = p.parent / 'config.json'      # (a run's config: another tool's config.json there is not ours, and is ignored)
+    try: n = json.loads(run.read_text())['data']['text_max_length'] if run.is_file() else None
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError): n = None
+    return n if isinstance(n, int) and n >= 1 else None
+
 # %% ../nbs/04_sampling.ipynb #e788376b
 @torch.no_grad()
-def _encode(self:Sampler, prompts:list, negative_prompt:str='', max_sequence_length:int=512) -> dict:
+def _encode(self:Sampler, prompts:list, negative_prompt:str='', max_sequence_length:int=None) -> dict:
     "Text embeddings of `prompts` (and of the negative prompt) for `generate(..., embeds=...)`: one entry per prompt."
-    pipe = self.pipeline()
+    pipe, max_sequence_length = self.pipeline(), max_sequence_length or self.text_max_length or 512
     enc = [pipe.encode_prompt(p, negative_prompt, True, 1, max_sequence_length=max_sequence_length, device=self.device) for p in prompts]
     return dict(prompt_embeds=[e[0] for e in enc], negative_prompt_embeds=[e[1] for e in enc])
 
@@ -111,14 +140,14 @@ def _generate(self:Sampler, prompts, # a prompt or a list of prompts
               seed:int=0, # video i uses seed + i
               images=None, # I2V: one PIL image (or uint8 HxWx3 array) per prompt
               transformer=None, # sample with this transformer instead of the constructor's
-              max_sequence_length:int=512, # text length the pipeline pads prompts to
+              max_sequence_length:int=None, # text length prompts are padded to (None: the model's training length, else 512)
               embeds:dict=None, # what `encode` returned for these prompts (then the text/image encoders are not used)
               sigmas=None, # a few-step student's noise levels (`few_step_scheduler`); then `num_inference_steps` is len(sigmas)
              ) -> list[np.ndarray]:
     "Generate one video per prompt as `uint8` frames `[T,H,W,3]`."
     if isinstance(prompts, str): prompts = [prompts]
     if self.kind == 'i2v' and (images is None or len(images) != len(prompts)): raise ValueError("an I2V pipeline needs one image per prompt (`images=`)")
-    pipe = self.pipeline(transformer)
+    pipe, max_sequence_length = self.pipeline(transformer), max_sequence_length or self.text_max_length or 512
     if sigmas is not None: pipe.scheduler, num_inference_steps = few_step_scheduler(sigmas), len(sigmas)
     dit = pipe.transformer
     was_training, videos = dit.training, []
@@ -190,7 +219,7 @@ class GenerateArgs:
     device: Optional[str] = arg(None, "Where to run (None: cuda if available, else cpu)")
     fps: float = arg(8.0, "Frame rate of the mp4 files")
     output_dir: str = arg('outputs/samples', "Folder for the videos")
-    text_max_length: int = arg(512, "Prompt length in tokens (what the model was trained with; the tiny demo: 32)")
+    text_max_length: Optional[int] = arg(None, "Prompt length in tokens (None: what the model was trained with, from its training_info.json or its run's config.json; else 512)")
     lora_checkpoint_dir: Optional[str] = arg(None, "A LoRA to load first (a run's final/ or best_model/, or a .safetensors file)")
     pattern: str = arg('dense', "Attention: dense, or radial (a length-extension LoRA's)", choices=('dense', 'radial'))
     attention_backend: Optional[str] = arg(None, "Attention: vsa (video sparse attention, with the gates the model or LoRA folder holds), radial or sdpa; over --pattern",
@@ -259,9 +288,12 @@ def generate_cli(argv=None) -> list[Path]:
         is_video = lambda p: Path(p).suffix.lower() in ('.mp4', '.mov', '.webm', '.mkv', '.avi')
         images = [read_video(p, max_frames=1)[0][0] if is_video(p) else Image.open(p).convert('RGB') for p in a.image]
     sigmas = _few_step_sigmas(a, path)
+    lora_len = model_text_length(a.lora_checkpoint_dir) if a.lora_checkpoint_dir and Path(a.lora_checkpoint_dir).is_dir() else None
+    n = a.text_max_length or lora_len or s.text_max_length
+    print(f"prompt length: {n or 512} tokens ({'--text_max_length' if a.text_max_length else 'what the model was trained with' if n else 'default'})")
     t1 = time.time()
     vids = s.generate(a.prompt, negative_prompt=a.negative_prompt, num_frames=a.num_frames, height=a.height, width=a.width,
-                      num_inference_steps=a.num_inference_steps, seed=a.seed, images=images, max_sequence_length=a.text_max_length,
+                      num_inference_steps=a.num_inference_steps, seed=a.seed, images=images, max_sequence_length=n,
                       guidance_scale=a.guidance_scale if a.guidance_scale is not None else 1.0 if sigmas else 5.0, sigmas=sigmas)
     paths = save_videos(vids, a.output_dir, a.prompt, seed=a.seed, fps=a.fps)
     print(f"generated {len(paths)} video(s) of {a.num_frames}x{a.height}x{a.width} in {time.time()-t1:.1f}s:")

@@ -78,6 +78,6 @@ def save_lora(dit, # a DiT with a peft adapter (`add_adapter`)
         if edit is not None: edit(tmp)
         if comfy:
             from safetensors.torch import save_file
-            from videorecipes.lora_tools import to_comfy_keys
-            save_file(to_comfy_keys(sd, alpha=alpha), str(tmp / 'wan_lora_comfy.safetensors'))
+            from videorecipes.lora_tools import to_comfy_keys, COMFY_LORA_NAME   # (one ComfyUI file name, extraction's too)
+            save_file(to_comfy_keys(sd, alpha=alpha), str(tmp / COMFY_LORA_NAME))
     return out

@@ -475,6 +475,9 @@ def _run(cfg, method, loop, loader, step, last_ck, progress, on_step) -> TrainRe
             if on_step is not None: on_step(step, res.losses.get(step))
         _collect(loop, res, last_ck)
         with _emas_applied(loop, cfg.ema.ema_final): res.final = method.save_final(out / 'final')
+        if main and res.final is not None and Path(res.final).is_dir():   # (the prompt length and shape it samples at)
+            from videorecipes.sampling import write_model_info
+            write_model_info(res.final, cfg)
         barrier()
     finally:
         bar.close()
