@@ -481,9 +481,7 @@ class CausalArgs:
     sink_size: int = arg(0, "Causal: the first this many latent frames stay in the rolling cache (attention sinks)")
     context_noise: int = arg(0, "Causal: timestep (0-1000) at which a finished chunk is re-run to write the KV cache (0: its clean output)")
     gradient_frames: int = arg(21, "Self-forcing: only the last this many latent frames of a rollout keep gradients (the reference: 21; -1: all)")
-    ode_steps: int = arg(48, "ODE pairs: the teacher's Euler steps")
-    ode_guidance_scale: float = arg(6.0, "ODE pairs: the teacher's classifier-free guidance scale (diffusers' form)")
-    ode_flow_shift: float = arg(5.0, "ODE pairs: the teacher's sampling shift")
+
 
     def validate(self, cfg):
         b, l = self.num_frame_per_block, self.local_attn_size
@@ -492,7 +490,7 @@ class CausalArgs:
         require(0 <= self.sink_size and (l == -1 or self.sink_size < l), f"--sink_size must be in [0, --local_attn_size), got {self.sink_size}")
         require(0 <= self.context_noise < 1000, f"--context_noise must be a timestep in [0, 1000), got {self.context_noise}")
         require(self.gradient_frames == -1 or self.gradient_frames >= b, f"--gradient_frames must be -1 or ≥ --num_frame_per_block, got {self.gradient_frames}")
-        require(self.ode_steps >= 1 and self.ode_flow_shift > 0, f"--ode_steps must be ≥ 1 and --ode_flow_shift > 0, got {self.ode_steps}, {self.ode_flow_shift}")
+
         if method_name(cfg) in ('ode_init', 'self_forcing'):
             lt = cfg.training.latent_t
             require(lt % b == 0, f"--num_frames {cfg.training.num_frames} gives {lt} latent frames, not a whole number of --num_frame_per_block {b} chunks")

@@ -146,9 +146,11 @@ def shard_meta(path) -> dict:
     if SHARD_META_KEY not in md: raise ValueError(f"{path}: not a videorecipes shard (no {SHARD_META_KEY.decode()!r} metadata)")
     return json.loads(md[SHARD_META_KEY])
 
-def write_shard(path, rows:list[dict], kind:str, meta:dict) -> Path:
+def write_shard(path, rows:list[dict], kind:str, meta:dict,
+                schema:pa.Schema=None, # another layout's (default: `parquet_schema(kind)`; the ODE pairs add columns)
+               ) -> Path:
     "Write `rows` as a zstd Parquet shard atomically, with `meta` in its schema metadata."
-    schema = parquet_schema(kind).with_metadata({SHARD_META_KEY: json.dumps(meta).encode()})
+    schema = (schema or parquet_schema(kind)).with_metadata({SHARD_META_KEY: json.dumps(meta).encode()})
     table = pa.Table.from_pylist(rows, schema=schema)
     with atomic_path(path) as tmp: pq.write_table(table, tmp, compression='zstd', row_group_size=1)
     return Path(path)
@@ -193,6 +195,8 @@ def _outputs(out):
 
 def prepare_output(out, info:dict, overwrite:bool=False, # delete an earlier run's output made with other settings
                    write:bool=True, # False: only check (what every rank does before rank 0 writes)
+                   keys=_COMPAT, # the settings that must match (another writer's: the ODE pairs')
+                   flags:str='--preprocess_output_dir or --preprocess_overwrite True', # what the user can change, for the message
                   ):
     "Check `out` against `info` (a `ConfigError` naming the differences, unless `overwrite`); then clear it if needed and write `dataset_info.json`."
     out = Path(out)
@@ -201,12 +205,11 @@ def prepare_output(out, info:dict, overwrite:bool=False, # delete an earlier run
     if f.exists():
         try: old = json.loads(f.read_text())
         except json.JSONDecodeError: old = {}
-    diff = [k for k in _COMPAT if old is not None and old.get(k) != info.get(k)]
+    diff = [k for k in keys if old is not None and old.get(k) != info.get(k)]
     stale = bool(diff and list_shards(out))
     if stale and not overwrite:
         shown = ', '.join(f"{k}: {old.get(k)!r:.60} -> {info.get(k)!r:.60}" for k in diff)
-        raise ConfigError(f"{out} holds shards made with other settings ({shown}); use another "
-                          "--preprocess_output_dir or --preprocess_overwrite True to delete them")
+        raise ConfigError(f"{out} holds shards made with other settings ({shown}); use another {flags} to delete them")
     if not write: return
     out.mkdir(parents=True, exist_ok=True)
     if stale:
@@ -283,6 +286,7 @@ def _encode_batch(enc, items, kind, timings):
                         num_frames=T, duration_sec=c.duration, fps=c.fps, **r))
     return out
 
+# %% ../../nbs/11_data.preprocess.ipynb #39b05411
 def preprocess_dataset(cfg, # a `Config` with the `preprocess` group (see `parse_args`)
                        rank:int=0, world_size:int=1, # this process's share: entries[rank::world_size]
                        encoders:Encoders=None, # already loaded encoders (default: load them when there is work)
@@ -389,6 +393,7 @@ def _expected(info, num_frames, height, width, model_type, text_max_length):
              z_dim=v.get('z_dim', 16), st=v.get('scale_factor_temporal', 4), ss=v.get('scale_factor_spatial', 8))
     return e
 
+# %% ../../nbs/11_data.preprocess.ipynb #616e3606
 def validate_dataset(folder, # a preprocessed folder
                      num_frames:int=None, height:int=None, width:int=None, # clip shape (default: from dataset_info.json)
                      model_type:str=None, # 't2v' or 'i2v' (default: from dataset_info.json)

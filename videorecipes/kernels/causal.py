@@ -5,10 +5,8 @@
 # %% ../../nbs/33_kernels.causal.ipynb #e4c5c3fd
 from __future__ import annotations
 import collections, warnings
-from typing import Optional
 import torch
-import torch.nn.functional as F
-from ..parallel.attention import AttentionBackend, sdpa_attention, set_attention, context_fields, attention_context
+from ..parallel.attention import AttentionBackend, sdpa_attention, set_attention, context_fields, _grid
 from .block_sparse import block_sparse_reference
 from ..train.flow import dit_inputs
 
@@ -73,8 +71,6 @@ class KVCache:
         return [i for i, f in enumerate(ids) if self.local <= 0 or f < self.sink or f >= end - self.local]
 
     def frames(self, block:int=0) -> list[int]: "The frame indices cached for `block`." ; return list(self.ids[block])
-
-    def nbytes(self) -> int: return sum(t.nbytes for t in self.k + self.v if t is not None)
 
 # %% ../../nbs/33_kernels.causal.ipynb #2b7ffb58
 def _attend(self:KVCache, block:int, q, k, v, # the chunk's [B, S, H, D] (RoPE applied)
@@ -161,9 +157,8 @@ def causal_forward(dit, batch:dict, x:torch.Tensor, # latents [B, C, F, H, W]
                    sigma:torch.Tensor, # [B] or [B, F]
                   ) -> torch.Tensor:
     "Teacher forcing: the velocity of every frame in one forward under the block-causal mask."
-    p = dit.config.patch_size
     kw = dit_inputs(batch, x, sigma[:, 0] if sigma.ndim == 2 else sigma)
-    kw['timestep'] = frame_timesteps(sigma.to(x.device), tuple(s // q for s, q in zip(x.shape[2:], p)))
+    kw['timestep'] = frame_timesteps(sigma.to(x.device), _grid(dit, x))
     with context_fields(dit, kv_cache=None): return dit(**kw)[0]
 
 def chunk_forward(dit, batch:dict, x:torch.Tensor, # one chunk's latents [B, C, chunk, H, W]

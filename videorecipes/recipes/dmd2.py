@@ -24,9 +24,9 @@ from ..train.full import write_pipeline_folder
 __all__ = ['DIAGNOSTICS', 'shift_sigma', 'student_sigmas', 'loss_sigmas', 'to_x0', 'renoise', 'randn_like_each', 'guided',
            'student_x0', 'dmd_scores', 'dmd_gradient', 'dmd_loss', 'critic_loss', 'toy_data', 'ToyFlow', 'train_flow',
            'euler', 'few_step', 'swd', 'toy_dmd', 'near_modes', 'toy_evaluate', 'plot_toy', 'DMD2', 'role', 'model',
-           'parallelize', 'rollout', 'generator_loss', 'sample_stats', 'agreed_step', 'train_step', 'health',
-           'write_few_step_schedule', 'validation_sampler', 'save_final', 'plot_diagnostics', 'frames_figure',
-           'EvaluateDMDArgs', 'evaluate_dmd', 'evaluate_dmd_main']
+           'with_backend', 'student_cfg', 'parallelize', 'rollout', 'generator_loss', 'sample_stats', 'agreed_step',
+           'train_step', 'health', 'write_few_step_schedule', 'validation_sampler', 'save_final', 'plot_diagnostics',
+           'frames_figure', 'EvaluateDMDArgs', 'evaluate_dmd', 'evaluate_dmd_main']
 
 # %% ../../nbs/63_recipes.dmd2.ipynb #f3a3057c
 def shift_sigma(s, shift:float):
@@ -315,13 +315,23 @@ def _unconditional(self, teacher_path) -> torch.Tensor:
     s.release_encoders()
     return e.float()
 
+def with_backend(cfg, name:str):
+    "A copy of `cfg` whose attention backend is `name` (and the radial seed's --pattern spelling cleared)."
+    c = copy.deepcopy(cfg); c.engine.attention_backend, c.radial.pattern = name, None
+    return c
+
+@_patch(DMD2)
+def student_cfg(self):
+    "The config the student is sharded with: the run's attention backend (VSA, radial, ...; a causal student's: `block_causal`)."
+    return self.cfg
+
 @_patch(DMD2)
 def parallelize(self, dims):
-    "The student with the run's attention backend (VSA, radial, ...); teacher and critic dense, as FastVideo's sparse distillation does."
+    "The student with its attention backend (`student_cfg`); teacher and critic dense, as FastVideo's sparse distillation does."
     from videorecipes.parallel.parallelize import parallelize_wan
     if self.cfg.dmd.dmd_lora: return parallelize_wan(self.student, dims, self.cfg, trainable=True)   # one module, sharded once
-    dense = copy.deepcopy(self.cfg); dense.engine.attention_backend, dense.radial.pattern = 'sdpa', None
-    parallelize_wan(self.student, dims, self.cfg, trainable=True)
+    dense = with_backend(self.cfg, 'sdpa')
+    parallelize_wan(self.student, dims, self.student_cfg(), trainable=True)
     parallelize_wan(self.teacher, dims, dense, trainable=False)
     parallelize_wan(self.critic, dims, dense, trainable=True)
 
