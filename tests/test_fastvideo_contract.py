@@ -103,3 +103,47 @@ def test_merge_txt_is_an_input(src, tmp_path):
     r = run([BIN / 'videorecipes-data', 'preprocess', '--model_path', src['t2v'], '--data_merge_path', m, '--preprocess_output_dir',
              tmp_path / 'out2', *SIZE])
     assert r.returncode == 2 and "merge.txt:1: expected 'videos_folder,videos2caption.json'" in r.stderr, r.stderr[-1000:]
+
+
+def test_first_frame_latents_normalised_and_read_in_both_conventions(src, tmp_path):
+    """I2V first-frame latents are stored normalised (FastVideo's convention, which its trainer uses as stored); a FastVideo-written
+    shard (no videorecipes metadata) reads unchanged, an older shard of ours (raw, no `first_frame_latent` key) is normalised when read."""
+    import json, torch
+    from videorecipes.config import ConfigError
+    from videorecipes.data.loader import LatentDataset, LatentStats, denormalize_latents
+    from videorecipes.data.preprocess import SHARD_META_KEY, first_frame_normalized, tensor_to_bytes
+    prep(src, 'i2v', tmp_path / 'out', '--text_precision', 'fp32')
+    ours = LatentDataset(tmp_path / 'out')
+    want = {ours[i]['id']: ours[i]['first_frame_latents'] for i in range(len(ours))}
+    # FastVideo's rule: bytes + shape as float32, used as they are
+    t = pq.read_table(list_shards(tmp_path / 'out')[0])
+    for row in t.to_pylist():
+        a = np.frombuffer(row['first_frame_latent_bytes'], dtype=np.float32).reshape(row['first_frame_latent_shape'])
+        assert np.array_equal(a, want[row['id']].numpy())
+        assert (row['pil_image_bytes'], row['pil_image_shape'], row['pil_image_dtype']) == (b'', [], '')
+    assert pq.read_schema(list_shards(tmp_path / 'out')[0]).names[:13] == [
+        'id', 'vae_latent_bytes', 'vae_latent_shape', 'vae_latent_dtype', 'text_embedding_bytes', 'text_embedding_shape', 'text_embedding_dtype',
+        'clip_feature_bytes', 'clip_feature_shape', 'clip_feature_dtype', 'first_frame_latent_bytes', 'first_frame_latent_shape', 'first_frame_latent_dtype']
+    # a shard as FastVideo writes it: no videorecipes metadata, no dataset_info.json
+    (tmp_path / 'fv' / 'worker_0').mkdir(parents=True)
+    pq.write_table(t.replace_schema_metadata(None), tmp_path / 'fv' / 'worker_0' / 'data_chunk_0.parquet')
+    assert first_frame_normalized(tmp_path / 'fv' / 'worker_0' / 'data_chunk_0.parquet')
+    fv = LatentDataset(tmp_path / 'fv', latent_stats=src['i2v'])
+    for i in range(len(fv)): assert torch.equal(fv[i]['first_frame_latents'], want[fv[i]['id']])
+    # an older shard of ours: raw values, shard metadata without the key, dataset_info.json without it
+    stats = LatentStats.load(src['i2v'])
+    md = json.loads(t.schema.metadata[SHARD_META_KEY]); md.pop('first_frame_latent')
+    raw = [tensor_to_bytes(denormalize_latents(want[i], stats)) for i in t.column('id').to_pylist()]
+    old = t.set_column(t.schema.get_field_index('first_frame_latent_bytes'), 'first_frame_latent_bytes', pa.array([r[0] for r in raw], pa.binary()))
+    old = old.drop_columns(['pil_image_bytes', 'pil_image_shape', 'pil_image_dtype']).replace_schema_metadata({SHARD_META_KEY: json.dumps(md).encode()})
+    (tmp_path / 'old').mkdir()
+    info = json.loads((tmp_path / 'out' / 'dataset_info.json').read_text()); info.pop('first_frame_latent')
+    (tmp_path / 'old' / 'dataset_info.json').write_text(json.dumps(info))
+    pq.write_table(old, tmp_path / 'old' / list_shards(tmp_path / 'out')[0].name)
+    assert not first_frame_normalized(list_shards(tmp_path / 'old')[0])
+    od = LatentDataset(tmp_path / 'old')
+    for i in range(len(od)): torch.testing.assert_close(od[i]['first_frame_latents'], want[od[i]['id']], atol=1e-5, rtol=1e-5)
+    v = validate_dataset(tmp_path / 'old', progress=False)
+    assert v['problems'] == [] and v['first_frame_latent'] == {'raw': 1}, v
+    # preprocessing more into the old folder would mix the two: refused, naming the setting
+    with pytest.raises(ConfigError, match='first_frame_latent'): prep(src, 'i2v', tmp_path / 'old', '--text_precision', 'fp32')

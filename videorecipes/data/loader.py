@@ -13,7 +13,7 @@ import torch
 from torch.utils.data import Dataset, Sampler, DataLoader
 from ..config import ConfigError
 from .video import DatasetError
-from .preprocess import list_shards, row_tensor
+from .preprocess import list_shards, row_tensor, first_frame_normalized
 
 def _shard(path, read):
     "`read(path)`; a shard that cannot be read (truncated, not Parquet) is a `DatasetError` naming it."
@@ -90,6 +90,8 @@ class LatentDataset(Dataset):
                                "(training passes the --model_path VAE's)")
         self.stats = LatentStats.load(latent_stats if latent_stats is not None else self.path)
         self.kind = 'i2v' if 'first_frame_latent_bytes' in _shard(self.files[0], pq.read_schema).names else 't2v'
+        # per shard: is first_frame_latent stored normalised (ours now, FastVideo's) or raw (ours from before)?
+        self.first_frame_normalized = [_shard(f, first_frame_normalized) for f in self.files] if self.kind == 'i2v' else None
         self._rows = []  # global index -> (file, row group, row in group, row in file)
         for fi, fp in enumerate(self.files):
             md = _shard(fp, pq.read_metadata)
@@ -117,7 +119,9 @@ def _raw_row(self:LatentDataset, i:int) -> dict:
     if self._group is None or self._group[0] != (fi, g):
         if fi not in self._open: self._open[fi] = _shard(self.files[fi], pq.ParquetFile)
         self._group = ((fi, g), _shard(self.files[fi], lambda p: self._open[fi].read_row_group(g, columns=self.columns).to_pylist()))
-    return self._group[1][k]
+    r = self._group[1][k]
+    if self.first_frame_normalized is not None: r['_first_frame_normalized'] = self.first_frame_normalized[fi]
+    return r
 
 def _decode(self:LatentDataset, r:dict) -> dict:
     "The tensors (and a few strings) of stored row `r`: latents normalised, cropped to `num_latent_t`."
@@ -125,7 +129,10 @@ def _decode(self:LatentDataset, r:dict) -> dict:
     lat = lambda name: normalize_latents(row_tensor(r, name).float()[:, :T], self.stats)
     out = dict(id=r['id'], caption=r['caption'], media_type=r['media_type'], num_frames=r['num_frames'],
                latents=lat('vae_latent'), text_embedding=row_tensor(r, 'text_embedding').float())
-    if self.kind == 'i2v': out.update(first_frame_latents=lat('first_frame_latent'), clip_features=row_tensor(r, 'clip_feature').float())
+    if self.kind == 'i2v':
+        ff = row_tensor(r, 'first_frame_latent').float()[:, :T]
+        out.update(first_frame_latents=ff if r.get('_first_frame_normalized', True) else normalize_latents(ff, self.stats),
+                   clip_features=row_tensor(r, 'clip_feature').float())
     return out
 
 # %% ../../nbs/12_data.loader.ipynb #6fd44c60

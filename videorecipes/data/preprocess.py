@@ -22,10 +22,11 @@ from .video import (SampleError, DatasetError, MediaEntry, read_merged_dataset, 
                                      SAMPLING, REASONS)
 
 # %% auto #0
-__all__ = ['SHARD_META_KEY', 'tensor_to_bytes', 'bytes_to_tensor', 'parquet_schema', 'row_tensor', 'Encoders', 'shard_name',
-           'list_shards', 'shard_meta', 'write_shard', 'shard_is_complete', 'vae_info', 'dataset_info',
-           'prepare_output', 'load_entries', 'output_dir', 'preprocess_dataset', 'summarize', 'validate_dataset',
-           'preprocess_cli', 'ValidateArgs', 'validate_cli', 'data_cli', 'data_main']
+__all__ = ['SHARD_META_KEY', 'FIRST_FRAME_NORMALIZED', 'tensor_to_bytes', 'bytes_to_tensor', 'parquet_schema', 'row_tensor',
+           'Encoders', 'shard_name', 'list_shards', 'shard_meta', 'write_shard', 'shard_is_complete',
+           'first_frame_normalized', 'vae_info', 'dataset_info', 'prepare_output', 'load_entries', 'output_dir',
+           'preprocess_dataset', 'summarize', 'validate_dataset', 'preprocess_cli', 'ValidateArgs', 'validate_cli',
+           'data_cli', 'data_main']
 
 # %% ../../nbs/11_data.preprocess.ipynb #da44d689
 _TORCH_DTYPES = {'float32': torch.float32, 'float16': torch.float16, 'bfloat16': torch.bfloat16, 'float64': torch.float64,
@@ -55,9 +56,9 @@ _META_FIELDS = [pa.field('file_name', pa.string()), pa.field('caption', pa.strin
 
 def parquet_schema(kind:str='t2v', # 't2v' or 'i2v'
                   ) -> pa.Schema:
-    "The Parquet schema of preprocessed samples (FastVideo's `pyarrow_schema_t2v` / `_i2v`, without validation images)."
+    "The Parquet schema of preprocessed samples: FastVideo's `pyarrow_schema_t2v` / `_i2v`, field for field."
     if kind not in ('t2v', 'i2v'): raise ValueError(f"kind must be 't2v' or 'i2v', got {kind!r}")
-    extra = _tensor_fields('clip_feature') + _tensor_fields('first_frame_latent') if kind == 'i2v' else []
+    extra = _tensor_fields('clip_feature') + _tensor_fields('first_frame_latent') + _tensor_fields('pil_image') if kind == 'i2v' else []
     return pa.schema([pa.field('id', pa.string()), *_tensor_fields('vae_latent'), *_tensor_fields('text_embedding'), *extra, *_META_FIELDS])
 
 def row_tensor(row:dict, name:str) -> torch.Tensor:
@@ -100,11 +101,14 @@ class Encoders:
     @torch.no_grad()
     def encode_condition(self, frames, # uint8 [B,T,H,W,3]: the clips whose first frame conditions I2V
                         ) -> torch.Tensor:
-        "VAE latents of `[first frame, zeros...]` (T frames), as `WanImageToVideoPipeline.prepare_latents` encodes them."
+        "VAE latents of `[first frame, zeros...]` (T frames), as `WanImageToVideoPipeline.prepare_latents` encodes them, normalised (FastVideo's convention)."
         x = self._pixels(frames[:, :1])
         T = frames.shape[1]
         x = torch.cat([x, x.new_zeros(x.shape[0], x.shape[1], T - 1, *x.shape[3:])], dim=2)
-        return self.vae.encode(x).latent_dist.mean.float().cpu()
+        z = self.vae.encode(x).latent_dist.mean.float().cpu()
+        c = self.vae.config
+        mean, std = (torch.tensor(v, dtype=torch.float32).view(1, -1, 1, 1, 1) for v in (c.latents_mean, c.latents_std))
+        return (z - mean) / std
 
     @torch.no_grad()
     def encode_text(self, captions:list[str]) -> list[torch.Tensor]:
@@ -163,9 +167,18 @@ def shard_is_complete(path, ids:list[str]) -> bool:
     except Exception: return False
     return md.get('chunk_ids') == list(ids) and set(rows) <= set(ids) and len(rows) + len(md.get('skipped', [])) == len(ids)
 
+# %% ../../nbs/11_data.preprocess.ipynb #324a699a
+FIRST_FRAME_NORMALIZED = 'normalized'   # how `first_frame_latent` is stored: (latent - latents_mean) / latents_std, FastVideo's way
+
+def first_frame_normalized(shard) -> bool:
+    "Is the shard's `first_frame_latent` stored normalised? Ours say so in their metadata; FastVideo's (no videorecipes metadata) are; ours from before this rule are raw."
+    md = pq.read_schema(shard).metadata or {}
+    if SHARD_META_KEY not in md: return True
+    return json.loads(md[SHARD_META_KEY]).get('first_frame_latent') == FIRST_FRAME_NORMALIZED
+
 # %% ../../nbs/11_data.preprocess.ipynb #a117dae3
 _COMPAT = ('model_path', 'model_type', 'num_frames', 'height', 'width', 'train_fps', 'frame_sampling', 'text_max_length',
-           'samples_per_file', 'world_size', 'vae')
+           'samples_per_file', 'world_size', 'vae', 'first_frame_latent')
 
 def vae_info(model_path) -> dict:
     "The VAE config entries the data depends on: latent channels, scale factors and latent statistics."
@@ -188,7 +201,8 @@ def dataset_info(cfg, world_size:int=1) -> dict:
                 latent_shape=[v['z_dim'], lt, t.num_height // v['scale_factor_spatial'], t.num_width // v['scale_factor_spatial']],
                 source=dict(data_merge_path=p.data_merge_path, dataset_path=p.dataset_path, video_column=p.hf_video_column,
                             caption_column=p.hf_caption_column, split=p.hf_split),
-                vae_precision=p.vae_precision, text_precision=p.text_precision, image_precision=p.image_precision)
+                vae_precision=p.vae_precision, text_precision=p.text_precision, image_precision=p.image_precision,
+                **({'first_frame_latent': FIRST_FRAME_NORMALIZED} if cfg.model.model_type == 'i2v' else {}))
 
 def _outputs(out):
     return list_shards(out) + sorted(out.glob('report*.json*')) + [out / n for n in ('dataset_info.json', 'empty_prompt.safetensors') if (out / n).exists()]
@@ -275,6 +289,7 @@ def _encode_batch(enc, items, kind, timings):
             if kind == 'i2v':
                 r['first_frame_latent_bytes'], r['first_frame_latent_shape'], r['first_frame_latent_dtype'] = tensor_to_bytes(cond[k].float())
                 r['clip_feature_bytes'], r['clip_feature_shape'], r['clip_feature_dtype'] = tensor_to_bytes(feats[k].float())
+                r['pil_image_bytes'], r['pil_image_shape'], r['pil_image_dtype'] = b'', [], ''   # empty, as FastVideo's I2V preprocessing writes them
     t0 = time.perf_counter(); embs = enc.encode_text([e.caption for e, _ in items]); _sync(enc.device)
     timings['text'] += time.perf_counter() - t0
     out = []
@@ -349,7 +364,8 @@ def preprocess_dataset(cfg, # a `Config` with the `preprocess` group (see `parse
                 pbar.update(len(batch))
             t0 = time.perf_counter()
             write_shard(out / shard_name(rank, i), rows, kind,
-                        dict(chunk_ids=[e.id for e in chunks[i]], skipped=skipped, rank=rank, shard=i, world_size=world_size))
+                        dict(chunk_ids=[e.id for e in chunks[i]], skipped=skipped, rank=rank, shard=i, world_size=world_size,
+                             **({'first_frame_latent': FIRST_FRAME_NORMALIZED} if kind == 'i2v' else {})))
             timings['write'] += time.perf_counter() - t0
             skipped_by_chunk[i], written = skipped, written + 1
             _write_report(out, rank, records + [dict(s, stage='decode', rank=rank) for k in sorted(skipped_by_chunk) for s in skipped_by_chunk[k]])
@@ -412,12 +428,13 @@ def validate_dataset(folder, # a preprocessed folder
     e = _expected(info, num_frames, height, width, model_type, text_max_length)
     schema = parquet_schema(e['model_type'])
     tensors = ['vae_latent', 'text_embedding'] + (['first_frame_latent', 'clip_feature'] if e['model_type'] == 'i2v' else [])
-    ids, dims, lengths, counts, clip_shapes, n = set(), set(), [], Counter(), set(), 0
+    ids, dims, lengths, counts, clip_shapes, n, conventions = set(), set(), [], Counter(), set(), 0, Counter()
     nbytes = sum(s.stat().st_size for s in shards)
     for s in tqdm(shards, desc='validating', disable=not progress):
         try: sch = pq.read_schema(s)
         except Exception as err: add(s.name, f"unreadable Parquet ({err})"); continue
-        missing = [f.name for f in schema if f.name not in sch.names]
+        missing = [f.name for f in schema if f.name not in sch.names and not f.name.startswith('pil_image_')]  # (older I2V shards lack them)
+        if e['model_type'] == 'i2v': conventions[FIRST_FRAME_NORMALIZED if first_frame_normalized(s) else 'raw'] += 1
         wrong = [f.name for f in schema if f.name in sch.names and not sch.field(f.name).type.equals(f.type)]
         if missing or wrong: add(s.name, f"schema: missing {missing}, wrong types {wrong}"); continue
         for batch in pq.ParquetFile(s).iter_batches(batch_size=16):
@@ -453,7 +470,8 @@ def validate_dataset(folder, # a preprocessed folder
     return dict(folder=str(folder), shards=len(shards), rows=n, videos=counts['video'], images=counts['image'],
                 model_type=e['model_type'], latent_shape=[e['z_dim'], (e['num_frames'] - 1) // e['st'] + 1, e['height'] // e['ss'], e['width'] // e['ss']],
                 text_dim=sorted(dims), text_tokens=dict(min=min(lengths), mean=round(float(np.mean(lengths)), 1), max=max(lengths)) if lengths else None,
-                clip_feature_shape=[list(c) for c in sorted(clip_shapes)], size_mb=round(nbytes / 1e6, 3), problems=problems)
+                clip_feature_shape=[list(c) for c in sorted(clip_shapes)], first_frame_latent=dict(conventions),
+                size_mb=round(nbytes / 1e6, 3), problems=problems)
 
 # %% ../../nbs/11_data.preprocess.ipynb #afd5e89d
 def _dist_setup():
