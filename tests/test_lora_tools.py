@@ -7,7 +7,7 @@ import pytest
 import torch
 from hypothesis import given, settings, strategies as st
 
-from videorecipes.lora_tools import (LoraError, MissingExtraError, Weights, LoraAdapter, COMFY_LORA_NAME, DIFFUSERS_LORA_NAME,
+from videorecipes.lora_tools import (LoraError, MissingExtraError, Weights, LoraAdapter, COMFY_LORA_NAME, DIFFUSERS_LORA_NAME, MUSUBI_LORA_NAME,
                                      FULL_DELTAS_NAME, diffusers_to_wan, extract_lora, save_adapter, load_adapter, merge_into,
                                      merge_lora, low_rank, lpips_frames, to_comfy_keys, weight_report)
 from videorecipes.zoo import tiny_zoo, load_transformer, transformer_config
@@ -108,6 +108,35 @@ def test_cli_compare_writes_report(zoo, tmp_path):
     assert len(list((tmp_path / 'videos' / 'a').glob('*.mp4'))) == 1 and 'SSIM mean' in r.stdout
 
 
+
+def test_the_guides_three_commands_as_written(zoo, tmp_path):
+    """The finetuning guide's extract_lora.py / merge_lora.py / lora_inference_comparison.py commands, literally (the scripts live in
+    data_scripts/lora_extraction/), on the tiny zoo: an adapter file, a merged pipeline that is the finetune up to rank 32, a report."""
+    base = zoo['t2v']
+    ft = as_pipeline(finetune(load_transformer(base, 'fp32'), linear_only=True), base, tmp_path / 'ft')
+    S = ROOT / 'data_scripts' / 'lora_extraction'
+    def guide(*cmd):
+        env = {**os.environ, 'OMP_NUM_THREADS': os.environ.get('OMP_NUM_THREADS', '1')}
+        r = subprocess.run([sys.executable, *map(str, cmd)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+        assert r.returncode == 0, f"{cmd}:\n{r.stdout[-2000:]}\n{r.stderr[-2000:]}"
+        return r
+    guide(S / 'extract_lora.py', '--base', base, '--ft', ft, '--out', 'adapter_r32.safetensors', '--rank', '32')
+    assert (tmp_path / 'adapter_r32.safetensors').is_file() and load_adapter(tmp_path / 'adapter_r32.safetensors').peft_metadata()['r'] == 32
+    r = guide(S / 'merge_lora.py', '--base', base, '--adapter', 'adapter_r32.safetensors', '--ft', ft, '--output', 'merged_model')
+    assert (tmp_path / 'merged_model' / 'model_index.json').exists() and 'merged vs --ft' in r.stdout, r.stdout
+    wr = weight_report(ft, tmp_path / 'merged_model')
+    assert 0 < wr['max_rel_diff'] < 0.1, wr['max_rel_diff']          # rank 32 of a rank-4-plus-noise change
+    r = guide(S / 'lora_inference_comparison.py', '--base', 'merged_model', '--ft', ft, '--adapter', 'NONE', '--output-dir', 'results',
+              '--prompt', 'A cat sitting on a windowsill', '--compute-ssim', '--compute-lpips')
+    rep = json.loads((tmp_path / 'results' / 'comparison.json').read_text())
+    assert rep['model_a']['adapter'] is None and 0.5 < rep['summary']['mean_ssim'] <= 1 and list((tmp_path / 'results').rglob('*.mp4'))
+    assert 'SSIM mean' in r.stdout and 'LPIPS' in r.stdout
+    # --full-rank: the merge gives the finetune back
+    guide(S / 'extract_lora.py', '--base', base, '--ft', ft, '--out', 'adapter_full.safetensors', '--full-rank')
+    guide(S / 'merge_lora.py', '--base', base, '--adapter', 'adapter_full.safetensors', '--ft', ft, '--output', 'merged_full')
+    assert weight_report(ft, tmp_path / 'merged_full')['max_rel_diff'] < 1e-5
+
+
 # --- diffusers' loaders accept what we write, and compute what the merge computes ------------------------------------
 
 @pytest.mark.parametrize('kind', ['t2v', 'i2v'])
@@ -188,6 +217,52 @@ def test_full_rank_adapter_reproduces_finetune_in_fp32(zoo):
 
 
 # --- bad input ------------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize('kind,part', [('t2v', 'attention'), ('t2v', 'blocks'), ('i2v', 'attention')])
+def test_three_layouts_load_in_diffusers_with_equal_outputs_and_merge_equal(zoo, tmp_path, kind, part):
+    """An adapter of the blocks' attention only (from block 1 on, so block 0 is padding) or of every linear layer of the blocks,
+    alpha != rank: the diffusers folder, the ComfyUI file and the musubi file load in diffusers to the same outputs, merge here to
+    the same weights, and the musubi file reads back without its padding. A musubi file as musubi-tuner writes it (no padding,
+    no metadata) merges here too (it used to be refused)."""
+    import warnings
+    from diffusers import WanPipeline, WanImageToVideoPipeline
+    from safetensors.torch import load_file, save_file
+    cls = WanImageToVideoPipeline if kind == 'i2v' else WanPipeline
+    base = zoo[kind]
+    dit = load_transformer(base, 'fp32')
+    ad = extract_lora(dit, finetune(dit, seed=5, linear_only=True), rank=4, alpha=8.0, progress=False)
+    keep = (lambda m: m.startswith('blocks.') and not m.startswith('blocks.0.') and ('attn' in m)) if part == 'attention' else (lambda m: m.startswith('blocks.'))
+    ad.layers = {m: l for m, l in ad.layers.items() if keep(m)}
+    assert ad.layers and (part != 'attention' or kind == 't2v' or any('add_k_proj' in m for m in ad.layers))
+    with warnings.catch_warnings():
+        warnings.simplefilter('error')   # blocks only: musubi's file leaves nothing out
+        out = save_adapter(ad, tmp_path / 'lora', formats=('comfy', 'musubi'), shapes=Weights(base).shapes())
+    files = {'diffusers': out, 'comfy': out / COMFY_LORA_NAME, 'musubi': out / MUSUBI_LORA_NAME}
+    outs = {}
+    for name, src in files.items():
+        pipe = cls.from_pretrained(base)
+        pipe.load_lora_weights(src)
+        outs[name] = forward(pipe.transformer, kind)
+    assert rel(forward(dit, kind), outs['diffusers']) > 1e-3
+    for name in ('comfy', 'musubi'): assert rel(outs[name], outs['diffusers']) < 1e-5, name
+    merged = {name: Weights(merge_lora(base, src, tmp_path / f'm_{name}') / 'transformer') for name, src in files.items()}
+    for k in merged['diffusers']:
+        for name in ('comfy', 'musubi'): torch.testing.assert_close(merged[name][k], merged['diffusers'][k], rtol=0, atol=1e-6)
+    back = load_adapter(files['musubi'])
+    assert back.info['layout'] == 'musubi' and sorted(back.layers) == sorted(ad.layers)
+    for m, l in ad.layers.items(): torch.testing.assert_close(back.layers[m].delta(), l.delta())
+    keys = load_file(str(files['musubi']))
+    assert 'lora_unet_blocks_1_self_attn_q.lora_down.weight' in keys and 'lora_unet_blocks_1_self_attn_q.alpha' in keys
+    assert ('lora_unet_blocks_0_ffn_0.lora_up.weight' in keys) and (part != 'attention' or not keys['lora_unet_blocks_0_ffn_0.lora_up.weight'].any())
+    # as musubi-tuner itself writes it: only the trained layers, no metadata
+    pad = set(json.loads(__import__('safetensors').safe_open(str(files['musubi']), 'pt').metadata()['videorecipes_padding']))
+    flat = lambda m: 'lora_unet_' + diffusers_to_wan(m).replace('.', '_')
+    own = {k: v for k, v in keys.items() if k.split('.')[0] not in {flat(m) for m in pad}}
+    save_file(own, str(tmp_path / 'musubi_own.safetensors'))
+    r = run([BIN / 'videorecipes-lora', 'merge', '--base', base, '--lora', tmp_path / 'musubi_own.safetensors', '--out', tmp_path / 'm_own'])
+    w = Weights(tmp_path / 'm_own' / 'transformer')
+    for k in w: torch.testing.assert_close(w[k], merged['diffusers'][k], rtol=0, atol=1e-6)
+
 
 def test_bad_inputs_name_the_key_or_file(zoo, tmp_path):
     from diffusers import WanTransformer3DModel

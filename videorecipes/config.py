@@ -291,7 +291,8 @@ class TrainerArgs:
     "Logging and outputs of the trainer."
     report_to: str = arg('tensorboard', "Where scalars and validation frames go besides the JSONL file", choices=('tensorboard', 'none'))
     log_every: int = arg(1, "Write metrics every this many steps (the loop reads values back from the device only then)")
-    lora_save_comfy: bool = arg(False, "LoRA: also write the adapter in the original-Wan / ComfyUI key layout")
+    lora_save_comfy: bool = arg(False, "LoRA: also write the adapter in the original-Wan / ComfyUI key layout (= --lora_save_format comfy)")
+    lora_save_format: list[str] = arg(['diffusers'], "LoRA: layouts written; the diffusers file always, comfy and musubi add theirs", choices=('diffusers', 'comfy', 'musubi'))
     validation_fps: float = arg(8.0, "Frame rate of the validation mp4 files")
     overwrite: bool = arg(False, "Start over in an --output_dir that holds an earlier run (its checkpoints, final/, metrics and logs are deleted)")
 

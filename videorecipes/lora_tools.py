@@ -4,7 +4,7 @@
 
 # %% ../nbs/50_lora_tools.ipynb #0842aa96
 from __future__ import annotations
-import json, math, os, re, shutil, tempfile, time
+import json, math, os, re, shutil, tempfile, time, warnings
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Optional
@@ -16,13 +16,14 @@ from .zoo import resolve_model_path, ModelLoadError
 from .config import arg, require, REQUIRED, parse_command, run_subcommands
 
 # %% auto #0
-__all__ = ['WAN_BLOCK_NAMES', 'WAN_TOP_NAMES', 'DIFFUSERS_LORA_NAME', 'COMFY_LORA_NAME', 'FULL_DELTAS_NAME', 'REPORT_NAME',
-           'LoraError', 'diffusers_to_wan', 'wan_to_diffusers', 'to_comfy_keys', 'from_comfy_keys', 'load_pickle',
+__all__ = ['WAN_BLOCK_NAMES', 'WAN_TOP_NAMES', 'MUSUBI_PREFIX', 'DIFFUSERS_LORA_NAME', 'COMFY_LORA_NAME', 'MUSUBI_LORA_NAME',
+           'FULL_DELTAS_NAME', 'REPORT_NAME', 'LORA_FORMATS', 'PADDING_META', 'LoraError', 'diffusers_to_wan',
+           'wan_to_diffusers', 'to_comfy_keys', 'from_comfy_keys', 'from_musubi_keys', 'to_musubi_keys', 'load_pickle',
            'Weights', 'LowRank', 'low_rank', 'LoraLayer', 'LoraAdapter', 'check_same_architecture', 'extract_lora',
-           'save_adapter', 'load_adapter', 'check_adapter', 'adapter_delta', 'merge_into', 'merge_lora', 'ssim',
-           'ssim_frames', 'MissingExtraError', 'lpips_model', 'lpips_frames', 'weight_report', 'apply_adapter',
-           'load_dit', 'Comparison', 'compare_models', 'ExtractArgs', 'MergeArgs', 'CompareArgs', 'lora_cli',
-           'lora_main']
+           'write_layouts', 'save_adapter', 'save_adapter_file', 'load_adapter', 'check_adapter', 'adapter_delta',
+           'merge_into', 'merge_lora', 'ssim', 'ssim_frames', 'MissingExtraError', 'lpips_model', 'lpips_frames',
+           'weight_report', 'apply_adapter', 'load_dit', 'Comparison', 'compare_models', 'ExtractArgs', 'ConvertArgs',
+           'MergeArgs', 'CompareArgs', 'lora_cli', 'lora_main']
 
 # %% ../nbs/50_lora_tools.ipynb #d8abb238
 class LoraError(ValueError):
@@ -144,6 +145,80 @@ def from_comfy_keys(state_dict:dict, # original-Wan / ComfyUI LoRA keys (`diffus
             if str(e).startswith(where): raise
             raise LoraError(f"{where}: {k!r}: {e}") from None
     return lora, alphas, full
+
+# %% ../nbs/50_lora_tools.ipynb #10e3cd98
+MUSUBI_PREFIX = 'lora_unet_'
+_MUSUBI_BLOCK = ('self_attn.q', 'self_attn.k', 'self_attn.v', 'self_attn.o', 'cross_attn.q', 'cross_attn.k', 'cross_attn.v',
+                 'cross_attn.o', 'ffn.0', 'ffn.2')      # what diffusers' converter needs in every block
+_MUSUBI_I2V = ('cross_attn.k_img', 'cross_attn.v_img')
+_MUSUBI_FLAT = {n.replace('.', '_'): n for n in _MUSUBI_BLOCK + _MUSUBI_I2V}                # inside `blocks_N_`
+_MUSUBI_TOP = {v.replace('.', '_'): v for v in WAN_TOP_NAMES.values()}                       # read only
+_MUSUBI_RE = re.compile(r'^lora_unet_blocks_(\d+)_(.+)$')
+
+def _musubi_module(flat, where):
+    "The diffusers module of a flat musubi name (`blocks_0_self_attn_q`), or a `LoraError`."
+    m = _MUSUBI_RE.match(MUSUBI_PREFIX + flat)
+    if m and m.group(2) in _MUSUBI_FLAT: return wan_to_diffusers(f'blocks.{m.group(1)}.{_MUSUBI_FLAT[m.group(2)]}')
+    if not m and flat in _MUSUBI_TOP: return wan_to_diffusers(_MUSUBI_TOP[flat])
+    raise LoraError(f"{where}: {MUSUBI_PREFIX}{flat!r} is not a linear layer of a Wan DiT")
+
+def from_musubi_keys(state_dict:dict, # musubi-tuner / kohya keys (`lora_unet_...`)
+                     where:str='state dict', # named in error messages (the file)
+                     padding=(), # modules written as zero padding (from the file's metadata), dropped
+                    ) -> tuple[dict, dict]:
+    "Split a musubi-layout adapter into (diffusers LoRA keys `transformer.*`, {module: alpha})."
+    lora, alphas = {}, {}
+    for k, v in state_dict.items():
+        if not k.startswith(MUSUBI_PREFIX): raise LoraError(f"{where}: {k!r} does not start with {MUSUBI_PREFIX!r} (mixed layouts)")
+        flat, _, part = k[len(MUSUBI_PREFIX):].partition('.')
+        if part not in ('lora_down.weight', 'lora_up.weight', 'alpha'):
+            raise LoraError(f"{where}: {k!r}: only plain LoRA (lora_down, lora_up, alpha) is read, not LoHa/LoKr/DoRA parts")
+        m = _musubi_module(flat, where)
+        if m in padding: continue
+        if part == 'alpha': alphas[m] = float(v)
+        else: lora[f"transformer.{m}.lora_{'A' if part == 'lora_down.weight' else 'B'}.weight"] = v
+    return lora, alphas
+
+# %% ../nbs/50_lora_tools.ipynb #d2698017
+def _pad_shape(wan, block, present, shapes):
+    "[out, in] of the zero pair padding `blocks.N.<wan>`: from the model's `shapes`, else from a present layer of the same kind."
+    d = f"blocks.{block}.{wan_to_diffusers('blocks.0.' + wan).split('.', 2)[2]}"
+    if shapes and f'{d}.weight' in shapes: return tuple(shapes[f'{d}.weight'])
+    same = [s for (b, w), s in present.items() if w == wan]
+    if same: return same[0]
+    attn = [s for (b, w), s in present.items() if 'attn' in w]
+    if 'attn' in wan and attn: return (attn[0][0], attn[0][0])     # every attention projection is dim x dim
+    raise LoraError(f"cannot pad blocks.{block}.{wan} for diffusers' musubi loader: its size is unknown (pass the model: --base, or shapes=)")
+
+def to_musubi_keys(state_dict:dict, # diffusers/peft LoRA keys, with or without the `transformer.` prefix
+                   alpha=None, # None (alpha = rank), one number for every layer, or {module: alpha}
+                   shapes:dict|None=None, # the target model's {parameter: shape}: sizes of the padding (default: from the adapter)
+                   drop:bool=False, # leave out what the layout cannot hold (layers outside the blocks, bias changes) instead of refusing
+                  ) -> tuple[dict, list, list]:
+    "The adapter in musubi-tuner's layout, padded so that diffusers loads it too; the padded modules; the ones left out."
+    out, present, bad = {}, {}, []
+    for m, parts in _lora_modules(state_dict).items():
+        w = diffusers_to_wan(m)
+        blk = _BLOCK_RE.match(w)
+        if not blk or blk.group(2) not in _MUSUBI_BLOCK + _MUSUBI_I2V or 'lora_B.bias' in parts: bad.append(m); continue
+        A, B = parts['lora_A.weight'], parts['lora_B.weight']
+        a = float(alpha.get(m, A.shape[0]) if isinstance(alpha, dict) else (A.shape[0] if alpha is None else alpha))
+        key = MUSUBI_PREFIX + w.replace('.', '_')
+        out[f'{key}.lora_down.weight'], out[f'{key}.lora_up.weight'], out[f'{key}.alpha'] = A.clone(), B.clone(), torch.tensor(a)
+        present[(int(blk.group(1)), blk.group(2))] = (B.shape[0], A.shape[1])
+    if bad and not drop: raise LoraError(f"musubi-tuner's layout holds only the blocks' linear layers without bias changes; this adapter also has {_trim(bad)}: write the comfy or diffusers layout")
+    if not present: raise LoraError("no layer to write in musubi-tuner's layout")
+    wanted = _MUSUBI_BLOCK + (_MUSUBI_I2V if any(w in _MUSUBI_I2V for _, w in present) else ())
+    padded, dt = [], next(iter(out.values())).dtype
+    for b in range(max(b for b, _ in present) + 1):
+        for w in wanted:
+            if (b, w) in present: continue
+            o, i = _pad_shape(w, b, present, shapes)
+            key = MUSUBI_PREFIX + f'blocks.{b}.{w}'.replace('.', '_')
+            out[f'{key}.lora_down.weight'], out[f'{key}.lora_up.weight'] = torch.zeros(1, i, dtype=dt), torch.zeros(o, 1, dtype=dt)
+            out[f'{key}.alpha'] = torch.tensor(1.0)
+            padded.append(wan_to_diffusers(f'blocks.{b}.{w}'))
+    return out, padded, bad
 
 # %% ../nbs/50_lora_tools.ipynb #2ce29e7e
 _PICKLE_EXT = ('.pt', '.pth', '.bin', '.ckpt')
@@ -395,15 +470,18 @@ class LoraAdapter:
                     alpha_pattern={f'^{m}': v for m, v in alphas.items() if v != a},
                     lora_bias=any(l.bias is not None for l in self.layers.values()), use_dora=False)
 
-    def comfy_state_dict(self, dtype=None) -> dict:
-        "The original-Wan / ComfyUI layout, full deltas included (`.diff` / `.diff_b`)."
+    def layout_parts(self, dtype=None) -> tuple[dict, dict, dict]:
+        "(peft keys with unscaled `lora_B.bias`, {module: alpha}, full deltas): what `to_comfy_keys` and `to_musubi_keys` take."
         sd = {f'transformer.{k}': v for k, v in self.state_dict(dtype).items() if not k.endswith('lora_B.bias')}
         for m, l in self.layers.items():
             if l.bias is not None: sd[f'transformer.{m}.lora_B.bias'] = l.bias.float() / l.scale
         from videorecipes.zoo import as_dtype
         full = {k: (v.to(as_dtype(dtype)) if dtype else v).contiguous() for k, v in self.full.items()}
-        out = to_comfy_keys(sd, {m: l.alpha for m, l in self.layers.items()}, full)
-        return {k: v.contiguous() for k, v in out.items()}
+        return sd, {m: l.alpha for m, l in self.layers.items()}, full
+
+    def comfy_state_dict(self, dtype=None) -> dict:
+        "The original-Wan / ComfyUI layout, full deltas included (`.diff` / `.diff_b`)."
+        return {k: v.contiguous() for k, v in to_comfy_keys(*self.layout_parts(dtype)).items()}
 
 # %% ../nbs/50_lora_tools.ipynb #2f65ced7
 def _kind(name, shape):
@@ -499,24 +577,50 @@ def extract_lora(base, # the model before finetuning: folder, hub id, file, modu
     if opt: info['max_error_over_optimum'] = float(max(r['rel_error'] / r['optimum'] if r['optimum'] > 0 else 1.0 for r in opt))
     return LoraAdapter(layers, full, info, report)
 
-# %% ../nbs/50_lora_tools.ipynb #c099f213
-DIFFUSERS_LORA_NAME, COMFY_LORA_NAME, FULL_DELTAS_NAME, REPORT_NAME = (
-    'pytorch_lora_weights.safetensors', 'wan_lora_comfy.safetensors', 'full_deltas.safetensors', 'extraction_report.json')
+# %% ../nbs/50_lora_tools.ipynb #3393cb57
+DIFFUSERS_LORA_NAME, COMFY_LORA_NAME, MUSUBI_LORA_NAME, FULL_DELTAS_NAME, REPORT_NAME = (
+    'pytorch_lora_weights.safetensors', 'wan_lora_comfy.safetensors', 'wan_lora_musubi.safetensors', 'full_deltas.safetensors',
+    'extraction_report.json')
+LORA_FORMATS = ('diffusers', 'comfy', 'musubi')   # `--format`: the diffusers file is always written; these add the others
+PADDING_META = 'videorecipes_padding'             # the musubi file's zero padding, which reading drops
 
 def _json_default(o):
     if isinstance(o, Path): return str(o)
     if isinstance(o, torch.dtype): return str(o)
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
 
+def write_layouts(folder, sd:dict, # diffusers/peft LoRA keys (lora_A/lora_B, lora_B.bias)
+                  alpha, formats=(), # alpha: one number or {module: alpha}; formats: any of 'comfy', 'musubi'
+                  shapes:dict=None, # the model's {parameter: shape}, for the musubi padding
+                  full:dict=None, head:dict=None, # full deltas (ComfyUI's .diff); header metadata
+                 ):
+    "Write the ComfyUI and musubi-tuner files of an adapter into `folder` (the diffusers file is the caller's)."
+    from safetensors.torch import save_file
+    bad = [f for f in formats if f not in LORA_FORMATS]
+    if bad: raise LoraError(f"unknown adapter format {bad}: expected some of {list(LORA_FORMATS)}")
+    if 'comfy' in formats: save_file({k: v.contiguous() for k, v in to_comfy_keys(sd, alpha, full).items()}, Path(folder) / COMFY_LORA_NAME, metadata=head)
+    if 'musubi' in formats:
+        if full: raise LoraError(f"musubi-tuner's layout has no place for full deltas ({_trim(full)}): write the comfy layout")
+        m, pad, left = to_musubi_keys(sd, alpha, shapes, drop=True)
+        if left: warnings.warn(f"{MUSUBI_LORA_NAME} leaves out {len(left)} layers musubi-tuner's LoRA does not hold ({_trim(left, 3)}); "
+                               f"the diffusers and comfy files have them")
+        ranks = Counter(int(v.shape[0]) for k, v in m.items() if k.endswith('lora_down.weight'))
+        meta = dict(head or {}, ss_network_module='networks.lora_wan', ss_network_dim=str(ranks.most_common(1)[0][0]),
+                    ss_network_alpha=str(alpha if not isinstance(alpha, dict) else Counter(alpha.values()).most_common(1)[0][0]),
+                    **{PADDING_META: json.dumps(pad)})
+        save_file({k: v.contiguous() for k, v in m.items()}, Path(folder) / MUSUBI_LORA_NAME, metadata=meta)
+
 def save_adapter(adapter:LoraAdapter, out, # folder to write (built beside it, then renamed into place)
-                 comfy:bool=False, # also write the original-Wan / ComfyUI layout
+                 comfy:bool=False, # also write the original-Wan / ComfyUI layout (the same as 'comfy' in `formats`)
                  dtype='fp32', # dtype of the stored factors ('fp32', 'bf16', 'fp16')
                  overwrite:bool=False, # replace an existing non-empty folder
+                 formats=(), # more layouts beside the diffusers file: 'comfy', 'musubi'
+                 shapes:dict=None, # the model's {parameter: shape} (sizes of the musubi padding)
                 ) -> Path:
-    "Write `adapter` in the diffusers layout (and optionally ComfyUI's), with its full deltas and report."
+    "Write `adapter` in the diffusers layout (and ComfyUI's, musubi-tuner's), with its full deltas and report."
     from diffusers import WanPipeline
     from safetensors.torch import save_file
-    out = Path(out)
+    out, formats = Path(out), tuple(f for f in formats if f != 'diffusers') + (('comfy',) if comfy else ())
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
         raise FileExistsError(f"{out}: exists and is not empty (pass overwrite=True / --overwrite)")
     if not adapter.layers and not adapter.full: raise LoraError(f"{out}: nothing to write: no layer changed above the threshold")
@@ -526,13 +630,37 @@ def save_adapter(adapter:LoraAdapter, out, # folder to write (built beside it, t
                                           transformer_lora_adapter_metadata=adapter.peft_metadata())
         head = {'format': 'pt', 'rank': str(adapter.info.get('rank')), 'alpha': str(adapter.info.get('alpha')),
                 'videorecipes': json.dumps({k: v for k, v in adapter.info.items() if k != 'source'}, default=_json_default)}
-        if comfy: save_file(adapter.comfy_state_dict(dtype), tmp / COMFY_LORA_NAME, metadata=head)
-        if adapter.full:
-            from videorecipes.zoo import as_dtype
-            save_file({f'transformer.{k}': v.to(as_dtype(dtype)).contiguous() for k, v in adapter.full.items()},
-                      tmp / FULL_DELTAS_NAME, metadata=head)
+        sd, alphas, full = adapter.layout_parts(dtype)
+        write_layouts(tmp, sd, alphas, formats, shapes, full, head)
+        if full: save_file({f'transformer.{k}': v for k, v in full.items()}, tmp / FULL_DELTAS_NAME, metadata=head)
         (tmp / REPORT_NAME).write_text(json.dumps(dict(info=adapter.info, layers=adapter.report), indent=1, default=_json_default))
     return out
+
+# %% ../nbs/50_lora_tools.ipynb #44813938
+def save_adapter_file(adapter:LoraAdapter, path, # the .safetensors file to write (atomically)
+                      fmt:str='diffusers', # its layout: 'diffusers', 'comfy' or 'musubi'
+                      dtype='fp32', overwrite:bool=False,
+                      shapes:dict=None, # the model's {parameter: shape} (sizes of the musubi padding)
+                     ) -> Path:
+    "One adapter file in one layout: what FastVideo's guide means by `--out adapter_r32.safetensors`."
+    from diffusers import WanPipeline
+    path = Path(path)
+    if path.suffix != '.safetensors': raise LoraError(f"{path}: an adapter file ends in .safetensors (or give a folder)")
+    if fmt not in LORA_FORMATS: raise LoraError(f"unknown adapter format {fmt!r}: expected one of {list(LORA_FORMATS)}")
+    if path.exists() and not overwrite: raise FileExistsError(f"{path}: exists (pass overwrite=True / --overwrite)")
+    if adapter.full and fmt != 'comfy': raise LoraError(f"{path}: full deltas ({_trim(adapter.full, 3)}) fit in one file only in the comfy layout; write a folder")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=path.parent, prefix=f'.{path.name}.') as d:
+        if fmt == 'diffusers':
+            WanPipeline.save_lora_weights(d, transformer_lora_layers=adapter.state_dict(dtype), weight_name=path.name,
+                                          transformer_lora_adapter_metadata=adapter.peft_metadata())
+            made = Path(d) / path.name
+        else:
+            sd, alphas, full = adapter.layout_parts(dtype)
+            write_layouts(d, sd, alphas, (fmt,), shapes, full, {'format': 'pt'})
+            made = Path(d) / (COMFY_LORA_NAME if fmt == 'comfy' else MUSUBI_LORA_NAME)
+        os.replace(made, path)
+    return path
 
 # %% ../nbs/50_lora_tools.ipynb #571288c5
 def _pattern_value(patterns, module, default):
@@ -548,14 +676,15 @@ def _adapter_file(path):
         try: hub = resolve_model_path(path)
         except ModelLoadError as e: raise LoraError(str(e)) from None
         p = _hub_snapshot(hub, ['*.safetensors', '*.json'])
-    if (p / DIFFUSERS_LORA_NAME).exists(): return p / DIFFUSERS_LORA_NAME
+    for name in (DIFFUSERS_LORA_NAME, COMFY_LORA_NAME, MUSUBI_LORA_NAME):   # (the order a folder of all three is read in)
+        if (p / name).exists(): return p / name
     cands = [f for f in sorted(p.glob('*.safetensors')) if f.name != FULL_DELTAS_NAME] or sorted(f for f in p.iterdir() if f.suffix in _PICKLE_EXT)
     if len(cands) != 1: raise LoraError(f"{p}: expected {DIFFUSERS_LORA_NAME} or a single adapter file, found {[f.name for f in cands]}")
     return cands[0]
 
-def load_adapter(path, # adapter folder or file (diffusers or ComfyUI layout), or a hub id
+def load_adapter(path, # adapter folder or file (diffusers, ComfyUI or musubi-tuner layout), or a hub id
                 ) -> LoraAdapter:
-    "Read a LoRA adapter in the diffusers/peft or the original-Wan/ComfyUI layout (pickles only with weights_only=True)."
+    "Read a LoRA adapter in the diffusers/peft, original-Wan/ComfyUI or musubi-tuner/kohya layout (pickles only with weights_only=True)."
     if isinstance(path, LoraAdapter): return path
     f = _adapter_file(path)
     meta = {}
@@ -575,8 +704,11 @@ def load_adapter(path, # adapter folder or file (diffusers or ComfyUI layout), o
         layout = 'comfyui'
         lora, alphas, full = from_comfy_keys(sd, str(f))
         cfg = {}
-    elif any(k.startswith('lora_unet_') for k in keys):
-        raise LoraError(f"{f}: the musubi/kohya layout (lora_unet_*) is not read here; load it with WanPipeline.load_lora_weights and fuse_lora")
+    elif any(k.startswith(MUSUBI_PREFIX) for k in keys):
+        layout, cfg = 'musubi', {}
+        try: pad = set(json.loads(meta.get(PADDING_META, '[]')))
+        except json.JSONDecodeError: raise LoraError(f"{f}: its {PADDING_META} metadata is not JSON") from None
+        lora, alphas = from_musubi_keys(sd, str(f), pad)
     else:
         layout = 'diffusers'
         lora = {('transformer.' + k.removeprefix('base_model.model.') if not k.startswith('transformer.') else k): v
@@ -945,10 +1077,11 @@ def _print_extraction(ad, out):
 class ExtractArgs:
     "Factorise finetuned − base into a LoRA adapter."
     base: str = arg(REQUIRED, "Base model: pipeline/transformer folder, hub id or .safetensors file")
-    finetuned: str = arg(REQUIRED, "Finetuned model, in any of the same forms")
-    out: str = arg(REQUIRED, "Adapter folder to write")
+    finetuned: str = arg(REQUIRED, "Finetuned model, in any of the same forms", aliases=('ft',))
+    out: str = arg(REQUIRED, "Adapter folder to write, or one .safetensors file (in the first --format)")
     rank: int = arg(32, "LoRA rank (16, 32, 64, 128, ...)")
-    full_rank: bool = arg(False, "Keep every direction (exact reconstruction); not with --rank")
+    full_rank: bool = arg(False, "Keep every direction (exact reconstruction); not with --rank", aliases=('full-rank',))
+    format: list[str] = arg(['diffusers'], "Layouts: a folder always has the diffusers file, and comfy / musubi add theirs", choices=LORA_FORMATS)
     alpha: Optional[float] = arg(None, "LoRA alpha to record (None: the rank)")
     threshold: float = arg(1e-6, "Skip tensors whose mean |delta| is below this")
     method: str = arg('auto', "SVD method", choices=('auto', 'exact', 'randomized'))
@@ -967,15 +1100,39 @@ def _extract_cmd(argv):
     require(not (a.full_rank and rank_given), "--full_rank and --rank exclude each other: pick one")
     ad = extract_lora(a.base, a.finetuned, rank=a.rank, full_rank=a.full_rank, alpha=a.alpha, threshold=a.threshold, method=a.method,
                       niter=a.niter, full_deltas=a.full_deltas, clamp_rank=a.clamp_rank, verify=a.verify, device=a.device)
-    _print_extraction(ad, save_adapter(ad, a.out, comfy=a.comfy, dtype=a.dtype, overwrite=a.overwrite))
+    _print_extraction(ad, _write_out(ad, a.out, a.format + ['comfy'] * a.comfy, a.dtype, a.overwrite, a.base))
+
+def _write_out(ad, out, formats, dtype, overwrite, base=None):
+    "A folder with the diffusers file and `formats`' files, or one .safetensors file in the first of `formats` besides diffusers."
+    shapes = Weights(base).shapes() if base is not None and 'musubi' in formats else None    # (sizes of the musubi padding)
+    if str(out).endswith('.safetensors'):
+        return save_adapter_file(ad, out, ([f for f in formats if f != 'diffusers'] + ['diffusers'])[0], dtype=dtype, overwrite=overwrite, shapes=shapes)
+    return save_adapter(ad, out, dtype=dtype, overwrite=overwrite, formats=formats, shapes=shapes)
+
+@dataclass
+class ConvertArgs:
+    "Rewrite an adapter in other layouts: diffusers, comfy (original Wan / ComfyUI), musubi (musubi-tuner / kohya)."
+    lora: str = arg(REQUIRED, "Adapter folder or file in any layout", aliases=('adapter',))
+    out: str = arg(REQUIRED, "Folder to write (the diffusers file plus --format's), or one .safetensors file (the first --format)")
+    format: list[str] = arg(['diffusers'], "Layouts to write", choices=LORA_FORMATS)
+    base: Optional[str] = arg(None, "The model it is for: the sizes of musubi's padding when the adapter cannot tell them")
+    dtype: str = arg('fp32', "Dtype of the stored factors", choices=('fp32', 'bf16', 'fp16'))
+    overwrite: bool = arg(False, "Replace an existing --out")
+
+def _convert_cmd(argv):
+    a = parse_command(ConvertArgs, argv, prog='videorecipes-lora convert')
+    ad = load_adapter(a.lora)
+    out = _write_out(ad, a.out, a.format, a.dtype, a.overwrite, a.base)
+    print(f"{ad.info['layout']} adapter {a.lora} ({len(ad.layers)} layers) -> {out} ({', '.join(a.format)})")
 
 # %% ../nbs/50_lora_tools.ipynb #741d3ba5
 @dataclass
 class MergeArgs:
     "Write base + adapter as a complete pipeline folder."
     base: str = arg(REQUIRED, "Base pipeline folder or hub id")
-    lora: str = arg(REQUIRED, "Adapter folder or file (either layout)")
-    out: str = arg(REQUIRED, "Pipeline folder to write")
+    lora: str = arg(REQUIRED, "Adapter folder or file (diffusers, comfy or musubi layout)", aliases=('adapter',))
+    out: str = arg(REQUIRED, "Pipeline folder to write", aliases=('output',))
+    ft: Optional[str] = arg(None, "The finetune the adapter came from, for reference: its transformer config must match, and the merge is compared with it")
     scale: float = arg(1.0, "Adapter strength")
     max_shard_size: str = arg('5GB', "Largest safetensors shard of the merged transformer")
     subfolder: str = arg('transformer', "Which transformer of the pipeline to merge into")
@@ -985,19 +1142,32 @@ class MergeArgs:
 def _merge_cmd(argv):
     a = parse_command(MergeArgs, argv, prog='videorecipes-lora merge')
     t0 = time.time()
+    if a.ft is not None: _same_config(a.base, a.ft, a.subfolder)
     out = merge_lora(a.base, a.lora, a.out, scale=a.scale, max_shard_size=a.max_shard_size, subfolder=a.subfolder,
                      link=not a.copy, overwrite=a.overwrite)
     print(f"merged {a.lora} into {a.base} in {time.time() - t0:.1f}s -> {out}")
+    if a.ft is not None:
+        r = weight_report(a.ft, out / a.subfolder if (out / a.subfolder).is_dir() else out)
+        print(f"merged vs --ft {a.ft}: max relative weight difference {r['max_rel_diff']:.3e} ({r['differing']} of {r['tensors']} tensors differ)")
+
+def _same_config(base, ft, subfolder):
+    "The shape-defining transformer config of `base` and `ft` agree (a `LoraError` naming the keys otherwise)."
+    wb, wf = Weights(base, subfolder=subfolder), Weights(ft, subfolder=subfolder)
+    diff = sorted(k for k in set(wb.shapes()) | set(wf.shapes()) if wb.shapes().get(k) != wf.shapes().get(k))
+    if diff: raise LoraError(f"--ft {ft} is not the same architecture as --base {base}: {_trim(diff, 3)} differ")
 
 # %% ../nbs/50_lora_tools.ipynb #727d06e5
 @dataclass
 class CompareArgs:
     "Same prompts and seeds through two models: SSIM/LPIPS per frame and a weight report."
-    model_a: str = arg(REQUIRED, "First model (pipeline or transformer folder, hub id, file)")
-    model_b: str = arg(REQUIRED, "Second model")
-    out: str = arg(REQUIRED, "JSON report to write")
+    model_a: str = arg(REQUIRED, "First model (pipeline or transformer folder, hub id, file)", aliases=('base',))
+    model_b: str = arg(REQUIRED, "Second model", aliases=('ft',))
+    out: Optional[str] = arg(None, "JSON report to write (or --output-dir)")
+    output_dir: Optional[str] = arg(None, "Folder for comparison.json and the videos", aliases=('output-dir',))
     prompt: list[str] = arg(REQUIRED, "A prompt; repeat the flag for several", repeat=True, sep=None)
-    adapter_a: Optional[str] = arg(None, "LoRA applied to model A")
+    adapter_a: Optional[str] = arg(None, "LoRA applied to model A (NONE: none)", aliases=('adapter',))
+    compute_ssim: bool = arg(True, "SSIM per frame (always computed)", aliases=('compute-ssim',))
+    compute_lpips: bool = arg(False, "LPIPS where the metrics extra is installed, else said and skipped (--lpips auto)", aliases=('compute-lpips',))
     adapter_b: Optional[str] = arg(None, "LoRA applied to model B")
     pipeline: Optional[str] = arg(None, "Folder with the VAE/text encoder (None: model_a)")
     seed: int = arg(0, "Seed of the first prompt")
@@ -1012,20 +1182,24 @@ class CompareArgs:
 # %% ../nbs/50_lora_tools.ipynb #39a2a774
 def _compare_cmd(argv):
     a = parse_command(CompareArgs, argv, prog='videorecipes-lora compare')
-    cmp = compare_models(a.model_a, a.model_b, a.prompt, adapter_a=a.adapter_a, adapter_b=a.adapter_b, seed=a.seed, out=a.out,
+    require(a.out or a.output_dir, "--out or --output-dir is required")
+    out = a.out or str(Path(a.output_dir) / 'comparison.json')
+    none = lambda s: None if s is None or s.upper() == 'NONE' else s
+    lp = 'auto' if a.compute_lpips and a.lpips != 'off' else a.lpips
+    cmp = compare_models(a.model_a, a.model_b, a.prompt, adapter_a=none(a.adapter_a), adapter_b=none(a.adapter_b), seed=a.seed, out=out,
                          pipeline=a.pipeline, num_frames=a.num_frames, height=a.height, width=a.width,
                          num_inference_steps=a.num_inference_steps, guidance_scale=a.guidance_scale,
-                         use_lpips={'auto': 'auto', 'on': True, 'off': False}[a.lpips], weights=not a.no_weights,
-                         video_dir=a.video_dir, dtype=a.dtype, device=a.device)
+                         use_lpips={'auto': 'auto', 'on': True, 'off': False}[lp], weights=not a.no_weights,
+                         video_dir=a.video_dir or a.output_dir, dtype=a.dtype, device=a.device)
     s = cmp.report['summary']
     print(f"SSIM mean {s['mean_ssim']:.4f} min {s['min_ssim']:.4f}; LPIPS "
           + (f"mean {s['mean_lpips']:.4f} max {s['max_lpips']:.4f}" if s['mean_lpips'] is not None else f"not computed ({(cmp.report['lpips_error'] or 'off')[:90]})"))
     if 'weights' in cmp.report: print(f"weights: max relative difference {cmp.report['weights']['max_rel_diff']:.3e} ({cmp.report['weights']['differing']} tensors differ)")
-    print(f"report -> {a.out}")
+    print(f"report -> {out}")
 
 def lora_cli(argv=None) -> int:
-    "`videorecipes-lora extract|merge|compare ...`: extract a LoRA from a finetune, merge one into a pipeline, compare two models."
-    return run_subcommands('videorecipes-lora', dict(extract=_extract_cmd, merge=_merge_cmd, compare=_compare_cmd), argv,
+    "`videorecipes-lora extract|merge|compare|convert ...`: extract a LoRA from a finetune, merge one into a pipeline, compare two models, change an adapter's layout."
+    return run_subcommands('videorecipes-lora', dict(extract=_extract_cmd, merge=_merge_cmd, compare=_compare_cmd, convert=_convert_cmd), argv,
                            errors=(LoraError, FileExistsError, MissingExtraError, ModelLoadError))
 
 def lora_main():

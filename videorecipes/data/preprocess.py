@@ -167,7 +167,7 @@ def shard_is_complete(path, ids:list[str]) -> bool:
     except Exception: return False
     return md.get('chunk_ids') == list(ids) and set(rows) <= set(ids) and len(rows) + len(md.get('skipped', [])) == len(ids)
 
-# %% ../../nbs/11_data.preprocess.ipynb #324a699a
+# %% ../../nbs/11_data.preprocess.ipynb #19a35979
 FIRST_FRAME_NORMALIZED = 'normalized'   # how `first_frame_latent` is stored: (latent - latents_mean) / latents_std, FastVideo's way
 
 def first_frame_normalized(shard) -> bool:

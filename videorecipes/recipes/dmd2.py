@@ -451,11 +451,11 @@ def save_final(self, folder) -> Path:
     from videorecipes.parallel.parallelize import export_transformer
     edit = lambda tmp: write_few_step_schedule(tmp, self.sigmas.tolist(), self.cfg.dmd)
     if self.cfg.dmd.dmd_lora:
-        from videorecipes.train.lora import save_lora, adapter_state_dict
+        from videorecipes.train.lora import save_lora, adapter_state_dict, lora_formats
         from videorecipes.parallel.mesh import is_main
         sd = adapter_state_dict(self.role('student'), 'student')   # (collective under FSDP)
         if not is_main(): return Path(folder)
-        return save_lora(self.student, folder, comfy=self.cfg.trainer.lora_save_comfy, alpha=self.cfg.lora.lora_alpha, state_dict=sd,
+        return save_lora(self.student, folder, formats=lora_formats(self.cfg), alpha=self.cfg.lora.lora_alpha, state_dict=sd,
                          adapter_name='student', edit=edit)
     plain = export_transformer(self.student)
     out = write_pipeline_folder(self.cfg.model.model_path, plain, folder, edit=edit) if plain is not None else Path(folder)

@@ -12,7 +12,7 @@ from ..zoo import load_transformer, as_dtype
 from .method import FlowMatchingMethod, prepare_dit, save_backend_params
 
 # %% auto #0
-__all__ = ['lora_config', 'LoraFinetune', 'adapter_state_dict', 'save_lora']
+__all__ = ['lora_config', 'LoraFinetune', 'adapter_state_dict', 'save_lora', 'lora_formats']
 
 # %% ../../nbs/47_train.lora.ipynb #f91c85cf
 _TRAIN_DTYPE = dict(no='fp32', bf16='bf16', fp16='fp16')
@@ -45,7 +45,7 @@ class LoraFinetune(FlowMatchingMethod):
         import torch.distributed as dist
         from videorecipes.parallel.mesh import is_main
         sd = adapter_state_dict(self.dit) if dist.is_initialized() and dist.get_world_size() > 1 else None   # (collective)
-        out = save_lora(self.dit, folder, comfy=self.cfg.trainer.lora_save_comfy, alpha=self.cfg.lora.lora_alpha, state_dict=sd) if is_main() else Path(folder)
+        out = save_lora(self.dit, folder, formats=lora_formats(self.cfg), alpha=self.cfg.lora.lora_alpha, state_dict=sd) if is_main() else Path(folder)
         save_backend_params(self.dit, out, self.cfg.engine.attention_backend)   # (collective too)
         return out
 
@@ -57,7 +57,7 @@ def adapter_state_dict(dit, name:str='default') -> dict:
 
 def save_lora(dit, # a DiT with a peft adapter (`add_adapter`)
               folder, # written atomically
-              comfy:bool=False, # also write `wan_lora_comfy.safetensors` (original-Wan / ComfyUI keys)
+              formats=(), # more layouts beside diffusers': 'comfy' (`wan_lora_comfy.safetensors`), 'musubi' (`wan_lora_musubi.safetensors`)
               alpha:float=None, # the adapter's lora_alpha (default: from its peft config)
               state_dict:dict=None, # the adapter's weights in peft's layout (default: read from `dit`)
               adapter_name:str='default', # which of `dit`'s adapters
@@ -76,8 +76,11 @@ def save_lora(dit, # a DiT with a peft adapter (`add_adapter`)
     with atomic_dir(out) as tmp:
         WanPipeline.save_lora_weights(tmp, transformer_lora_layers=sd, transformer_lora_adapter_metadata=meta)
         if edit is not None: edit(tmp)
-        if comfy:
-            from safetensors.torch import save_file
-            from videorecipes.lora_tools import to_comfy_keys, COMFY_LORA_NAME   # (one ComfyUI file name, extraction's too)
-            save_file(to_comfy_keys(sd, alpha=alpha), str(tmp / COMFY_LORA_NAME))
+        from videorecipes.lora_tools import write_layouts   # (the file names and layouts of extraction too)
+        shapes = {n.replace('.base_layer', ''): tuple(p.shape) for n, p in dit.named_parameters() if 'lora_' not in n}
+        write_layouts(tmp, sd, alpha, [f for f in formats if f != 'diffusers'], shapes)
     return out
+
+def lora_formats(cfg) -> list:
+    "The adapter layouts a run writes: `--lora_save_format`, and comfy with `--lora_save_comfy True`."
+    return [f for f in cfg.trainer.lora_save_format if f != 'diffusers'] + (['comfy'] if cfg.trainer.lora_save_comfy else [])
