@@ -229,3 +229,45 @@ def test_proxy_gradients_equal_masked_full_gradients(kinds, ckpt):
     rp = dict(ref.named_parameters())
     assert px.values and all(torch.equal(v.grad, rp[n].grad.reshape(-1)[sel.indices[n]]) for n, v in px.values.items())
     assert {tensor_kind(n)[2] for n in px.values} == (set(S.KINDS) if 'all' in kinds else set(kinds))
+
+
+def test_proxies_and_their_gradients_stay_on_the_compute_device_under_swapping(data):
+    """The contract an 8-bit optimizer relies on (bitsandbytes' AdamW8bit fails when a parameter and its gradient are on different
+    devices, seed note 2): with block swapping, what the optimizer steps are the proxies (leaves on the compute device, gradients
+    there too), never the swapped module tensors, whose gradients the hook takes away."""
+    from videorecipes.train.flow import flow_matching_loss, step_generator
+    from videorecipes.train.selective import SliceProxies
+    from videorecipes.train.blockswap import BlockSwapper
+    g = torch.Generator().manual_seed(0)
+    batch = dict(latents=torch.randn(2, 16, 3, 4, 4, generator=g), text_embeddings=torch.randn(2, 8, 64, generator=g))
+    dit = load_transformer(data['zoo'], 'fp32').requires_grad_(False)
+    sel = select(dit, 0.2, 0)
+    sw = BlockSwapper(dit, 3, 'cpu', prefetch=1)
+    px = SliceProxies(dit, sel, 'cpu')
+    sw.on_install.append(px.write_block)
+    for _ in range(2): flow_matching_loss(dit, batch, step_generator(0, 1))[0].backward()
+    module = {id(p) for p in dit.parameters()}
+    assert px.parameters() and not any(id(v) in module for v in px.parameters())
+    for n, v in px.values.items():
+        assert v.is_leaf and v.device == px.device and v.grad is not None and v.grad.device == v.device and v.grad.dtype == torch.float32, n
+    assert all(p.grad is None for p in dit.parameters()), "a module tensor kept a gradient: an optimizer over it would see another device"
+    sw.remove()
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize('opt', ['bitsandbytes.optim.AdamW8bit', 'torchao.optim.AdamW8bit'])
+def test_8bit_optimizers_with_slices_and_block_swapping_on_a_gpu(data, tmp_path, opt):
+    "On a GPU: --optimizer AdamW8bit (bitsandbytes, torchao) with --ff and --blocks_to_swap trains (the seed's note 2 failed here)."
+    if not torch.cuda.is_available(): pytest.skip("needs a CUDA GPU")
+    pytest.importorskip(opt.split('.')[0])
+    r = _run(_cfg(data, tmp_path / 'o8', '--optimizer', opt, '--blocks_to_swap', 3, '--max_train_steps', 4, '--checkpointing_steps', 0,
+                  '--enable_gradient_checkpointing_type', 'full'))
+    assert len(r.losses) == 4 and all(math.isfinite(v) for v in r.losses.values())
+    assert load_slice(r.final / 'slice.safetensors').values
+
+
+def test_sequence_or_tensor_parallel_slices_are_refused(data, tmp_path):
+    "Slices are data parallel only: SP or TP is one clear ConfigError naming the flags, before any model work."
+    from videorecipes.parallel.mesh import ParallelDims
+    m = SelectiveFinetune(_cfg(data, tmp_path / 'sp'))
+    with pytest.raises(ConfigError, match=r'data parallel only: --sp_size 2 and --tp_size 1 must be 1'): m.parallelize(ParallelDims(2, 1, 1, 2, 1))

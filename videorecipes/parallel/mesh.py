@@ -12,7 +12,7 @@ from ..config import ConfigError, require
 
 # %% auto #0
 __all__ = ['ParallelDims', 'init_distributed', 'close_distributed', 'is_main', 'barrier', 'build_mesh', 'dp_rank', 'sp_group',
-           'tp_mesh', 'fsdp_mesh', 'grad_norm', 'clip_grad_norm', 'mean_over_dp']
+           'tp_mesh', 'fsdp_mesh', 'grad_norm', 'clip_grad_norm', 'average_gradients', 'mean_over_dp']
 
 # %% ../../nbs/20_parallel.mesh.ipynb #b419f2e5
 @dataclass
@@ -168,6 +168,21 @@ def clip_grad_norm(params, max_norm:float, # no clipping when ≤ 0 or inf
         coef = torch.where(torch.isfinite(n), (max_norm / (n + 1e-6)).clamp(max=1.0), torch.ones_like(n))   # (a NaN norm: the loop stops)
         for gs in groups.values(): torch._foreach_mul_(gs, coef.to(gs[0].device))
     return n
+
+# %% ../../nbs/20_parallel.mesh.ipynb #d1a893d4
+def average_gradients(params, # plain tensors, the same on every rank
+                     ):
+    "Average the gradients of replicated tensors over every rank (data parallelism without FSDP); nothing in one process."
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1: return
+    world, by = dist.get_world_size(), {}
+    for p in params:
+        if p.grad is None: p.grad = torch.zeros_like(p)
+        by.setdefault((p.grad.device, p.grad.dtype), []).append(p.grad)
+    for gs in by.values():
+        flat = torch.cat([g.reshape(-1) for g in gs])
+        dist.all_reduce(flat)
+        flat /= world
+        for g, part in zip(gs, flat.split([g.numel() for g in gs])): g.copy_(part.view_as(g))
 
 # %% ../../nbs/20_parallel.mesh.ipynb #01d139b2
 def mean_over_dp(x:float, dims:ParallelDims) -> float:

@@ -89,7 +89,7 @@ def _no_space(e) -> bool: return getattr(e, 'errno', None) == errno.ENOSPC or 'N
 
 def save_checkpoint(output_dir, step:int, stateful:dict, # name -> object with state_dict/load_state_dict (DCP)
                     host:dict, # small state rank 0 writes (numbers, strings, lists, dicts, tensors)
-                    plain:tuple=None, # (tensors, {name: optimizer state dict}) of non-module tensors (one process)
+                    plain:tuple=None, # (tensors, {name: optimizer state dict}) of non-module tensors, the same on every rank
                     limit:int|None=None, # keep only this many newest checkpoints
                    ) -> Path:
     "Write `checkpoint-{step}` atomically (via `checkpoint-{step}.tmp`) on every rank and prune old ones; return its path."
@@ -118,8 +118,7 @@ def _write(tmp, stateful, host, plain, step):
     if stateful: dcp.save({k: v.state_dict() for k, v in stateful.items()}, checkpoint_id=str(tmp / 'dcp'), no_dist=not dist.is_initialized())
     if plain is not None:
         from safetensors.torch import save_file
-        if dist.is_initialized() and dist.get_world_size() > 1: raise RuntimeError("tensors that are not module parameters can only be checkpointed in one process")
-        save_file({k: v.detach().contiguous().cpu() for k, v in plain[0].items()}, str(tmp / 'model.safetensors'))
+        if rank == 0: save_file({k: v.detach().contiguous().cpu() for k, v in plain[0].items()}, str(tmp / 'model.safetensors'))   # (replicated: rank 0's copy)
         host = dict(host, optimizers=plain[1])
     torch.save(rng_state(), tmp / f'rng-{rank}.pt')
     barrier()

@@ -30,6 +30,7 @@ class Network:
     dit: bool = True                # a Wan DiT: sharded by `parallelize_wan` (else `shard_frozen`)
     blocks_attr: Optional[str] = 'blocks'   # its list of blocks, for per-block sharding
     named_tensors: Optional[dict] = None    # what trains, when it is not the module's requires_grad parameters
+    replicated: bool = False        # its trained tensors are plain copies on every rank: the loop averages their gradients
 
     def tensors(self) -> dict:
         "Name -> tensor of what trains in this network."

@@ -431,12 +431,15 @@ def _sel_networks(self:SelectiveFinetune):
     "The student, whose trained tensors are the slice's proxy vectors (and the parameters an attention backend owns)."
     from videorecipes.parallel.attention import backend_parameters
     return [Network('student', self.dit, named_tensors={**{f'slice.{n}': v for n, v in sorted(self.proxies.values.items())},
-                                                        **backend_parameters(self.dit)})]
+                                                        **backend_parameters(self.dit)}, replicated=True)]
 
 def _sel_parallelize(self:SelectiveFinetune, dims):
-    "One process only for now: the proxies are not parameters that FSDP could shard (see the report)."
-    if dims.world_size > 1: raise ConfigError("selective training (--ff) runs in one process only for now (--num_gpus 1)")
-    super(SelectiveFinetune, self).parallelize(dims)     # (attention backend, context; no sharding in one process)
+    "Data parallel: every rank holds the frozen base (block-swapped or not) and the proxies; the loop averages the proxies' gradients."
+    if dims.sp > 1 or dims.tp > 1:
+        raise ConfigError(f"selective training (--ff) is data parallel only: --sp_size {dims.sp} and --tp_size {dims.tp} must be 1")
+    from videorecipes.parallel.parallelize import parallelize_wan
+    from videorecipes.parallel.mesh import ParallelDims
+    parallelize_wan(self.dit, ParallelDims(), self.cfg)   # one process's plan on every rank: backend, checkpointing, compile; no FSDP
 
 def _sel_state_dict(self:SelectiveFinetune):
     "The proxies (which are not module parameters, so the trainer checkpoints them this way), and a backend's parameters."
@@ -467,6 +470,8 @@ def _save_slice(self:SelectiveFinetune, path) -> Path:
 def _sel_save_final(self:SelectiveFinetune, folder):
     from videorecipes.train.full import write_pipeline_folder
     from videorecipes.parallel.parallelize import export_transformer
+    from videorecipes.parallel.mesh import is_main
+    if not is_main(): return Path(folder)      # (every rank holds the same slice: rank 0 writes)
     if self.swapper is not None: self.swapper.remove(); self.swapper = None
     self.proxies.write()
     self.dit.to('cpu')

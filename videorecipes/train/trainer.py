@@ -13,7 +13,7 @@ import torch
 from tqdm.auto import tqdm
 from ..config import ConfigError, Config, OptimizerArgs, attention_backend_name
 from ..videoio import atomic_path
-from ..parallel.mesh import ParallelDims, init_distributed, close_distributed, build_mesh, is_main, barrier, clip_grad_norm
+from ..parallel.mesh import ParallelDims, init_distributed, close_distributed, build_mesh, is_main, barrier, clip_grad_norm, average_gradients
 from .method import TrainingMethod, OptimizerSpec, method_from_config
 from .ema import EMA
 from .checkpoint import (list_checkpoints, resolve_checkpoint, save_checkpoint, load_checkpoint, ModelOptimizer,
@@ -126,6 +126,7 @@ def _backward(self:Loop, loss:torch.Tensor, opt:str='main'):
 def _step(self:Loop, opt:str='main'):
     "Clip and step optimizer `opt`, advance its schedule, zero every optimizer's gradients, update its network's EMA."
     o = self.opts[opt]
+    if self.nets[o.spec.network].replicated: average_gradients(o.tensors)   # (FSDP averages what it shards)
     if o.scaler is not None: o.scaler.unscale_(o.optimizer)
     gn = clip_grad_norm(o.tensors, o.max_grad_norm if o.max_grad_norm > 0 else float('inf'))
     if o.scaler is None: self._flag(opt, gn)          # (with a GradScaler, an inf gradient only skips the step)
@@ -317,6 +318,9 @@ def _checkpoint_parts(method, loop, loader, cfg):
     stateful = {n: ModelOptimizer(o.module, o.optimizer) for n, o in loop.opts.items() if o.dcp}
     stateful.update({f'ema.{r}': e for r, e in loop.emas.items()})
     plain_opts = {n: o.optimizer.state_dict() for n, o in loop.opts.items() if not o.dcp}
+    shared = [n for n, o in loop.opts.items() if not o.dcp and not loop.nets[o.spec.network].replicated]
+    if shared and dist.is_initialized() and dist.get_world_size() > 1:   # (rank 0 writes them: they must be the same everywhere)
+        raise RuntimeError(f"optimizer(s) {shared} step tensors that are not module parameters and not marked replicated: they can only be checkpointed in one process")
     host = dict(method=method.name, config=cfg.to_dict(), world_size=dist.get_world_size() if dist.is_initialized() else 1,
                 schedulers={n: o.scheduler.state_dict() for n, o in loop.opts.items()},
                 scalers={n: o.scaler.state_dict() for n, o in loop.opts.items() if o.scaler is not None},
