@@ -525,25 +525,8 @@ def plot_losses(output_dir, # a run's output folder
     return ax
 
 def validation_viewer(output_dir, # a run's output folder
+                      other=None, # a second run to compare with
                      ):
-    "An ipywidgets viewer of the validation videos: one row per prompt, sliders for the validation step and the frame."
-    import ipywidgets as W, io
-    from PIL import Image
-    from videorecipes.videoio import read_video
-    steps = sorted((Path(output_dir) / 'validation').glob('step-*'))
-    if not steps: raise FileNotFoundError(f"{output_dir}/validation: no validation videos yet")
-    cache = {}
-    def frames(d):
-        if d not in cache: cache[d] = [read_video(p)[0] for p in sorted(d.glob('*.mp4'))]
-        return cache[d]
-    img = W.Image(format='png')
-    s_step = W.SelectionSlider(options=[(p.name, p) for p in steps], value=steps[-1], description='step')
-    s_frame = W.IntSlider(0, 0, len(frames(steps[-1])[0]) - 1, description='frame')
-    def show(*_):
-        vids = frames(s_step.value)
-        f = min(s_frame.value, len(vids[0]) - 1)
-        grid = np.concatenate([v[min(f, len(v) - 1)] for v in vids], axis=1)
-        b = io.BytesIO(); Image.fromarray(grid).resize((grid.shape[1] * 2, grid.shape[0] * 2), Image.NEAREST).save(b, 'png')
-        img.value = b.getvalue()
-    s_step.observe(show, 'value'); s_frame.observe(show, 'value'); show()
-    return W.VBox([W.HBox([s_step, s_frame]), img])
+    "The validation inspector's widget for a run (`videorecipes.inspector.ValidationInspector`, which has more)."
+    from videorecipes.inspector import ValidationInspector
+    return ValidationInspector(output_dir, other).show()
