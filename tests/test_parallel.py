@@ -266,3 +266,50 @@ def test_selective_slices_data_parallel(data, tmp_path):
     got = load_slice(tmp_path / 'dp_resume' / 'final' / 'slice.safetensors')
     assert max((got.values[n] - v).abs().max().item() for n, v in ref.values.items()) < 2e-5
     assert sorted(losses(tmp_path / 'dp_resume')) == list(range(1, STEPS + 1))
+
+
+FSDP_BF16_SCRIPT = '''
+import copy, json, sys, torch, torch.distributed as dist
+from torch.distributed.device_mesh import init_device_mesh
+from videorecipes.zoo import tiny_zoo, load_transformer
+from videorecipes.parallel.parallelize import apply_fsdp
+from videorecipes.parallel.mesh import process_group_backend, grad_norm
+dist.init_process_group(process_group_backend(False).replace('gloo', 'cpu:gloo'))    # the device-keyed form GPUs get ('cpu:gloo,cuda:nccl')
+w = torch.zeros(3, requires_grad=True); w.grad = torch.full((3,), float(dist.get_rank() + 1))
+norm = float(grad_norm([w]))     # a CPU gradient (what FSDP's CPU offload leaves) reduced by the CPU backend of the group
+dit = load_transformer(tiny_zoo('t2v'), 'fp32'); ref = copy.deepcopy(dit)
+seen = {}
+for name, m in (('fsdp', dit), ('one', ref)):
+    m.condition_embedder.timesteps_proj.register_forward_pre_hook(lambda mod, a, name=name: seen.__setitem__(name, a[0].detach().clone()))
+apply_fsdp(dit, init_device_mesh('cpu', (2,)), param_dtype=torch.bfloat16)
+g = torch.Generator().manual_seed(0)
+x, txt, t = torch.randn(1, 16, 3, 6, 6, generator=g), torch.randn(1, 8, 64, generator=g), torch.tensor([999.3])
+with torch.no_grad(), torch.autocast('cpu', torch.bfloat16):
+    a, b = dit(x, t, txt, return_dict=False)[0], ref(x, t, txt, return_dict=False)[0]
+if dist.get_rank() == 0:
+    print('RESULT ' + json.dumps(dict(norm=norm, fsdp_t=seen['fsdp'].tolist(), fsdp_dtype=str(seen['fsdp'].dtype), one_t=seen['one'].tolist(),
+                                      diff=float((a.float() - b.float()).abs().max()), scale=float(b.float().abs().max()))))
+dist.destroy_process_group()
+'''
+
+
+def test_fsdp_bf16_keeps_the_timestep_in_fp32(tmp_path):
+    """FSDP2 with a bf16 MixedPrecisionPolicy casts forward inputs by default: the timestep 999.3 reached the model as 1000 on
+    multi-GPU runs only. With cast_forward_inputs=False it arrives as one process's does, and the outputs agree (bf16 autocast)."""
+    script = tmp_path / 'fsdp_bf16.py'; script.write_text(FSDP_BF16_SCRIPT)
+    p = run2([], script=str(script))
+    r = json.loads(next(l for l in p.stdout.splitlines() if l.startswith('RESULT '))[7:])
+    assert r['fsdp_dtype'] == 'torch.float32' and r['fsdp_t'] == r['one_t'] == [pytest.approx(999.3, abs=1e-4)], r
+    assert r['diff'] < 0.02 * r['scale'], r
+    assert r['norm'] == pytest.approx(((3 + 12) / 2) ** 0.5, rel=1e-6)   # replicated plain grads: the mean of the ranks' squared norms
+
+
+def test_fsdp_cpu_offload_in_one_process_is_an_error(monkeypatch):
+    "--fsdp_cpu_offload True in one process used to be ignored without a word (there is nothing to shard): now it is a ConfigError."
+    from videorecipes.config import ConfigError
+    from videorecipes.parallel.mesh import ParallelDims
+    from videorecipes.parallel.parallelize import parallelize_wan
+    from videorecipes.zoo import tiny_zoo, load_transformer
+    monkeypatch.setattr(torch.cuda, 'is_available', lambda: True)      # (past the CPU-only check, to the one-process one)
+    cfg = parse_args(['--fsdp_cpu_offload', 'True', '--mixed_precision', 'no'])
+    with pytest.raises(ConfigError, match='a single process shards nothing'): parallelize_wan(load_transformer(tiny_zoo('t2v'), 'fp32'), ParallelDims(), cfg)

@@ -271,3 +271,49 @@ def test_sequence_or_tensor_parallel_slices_are_refused(data, tmp_path):
     from videorecipes.parallel.mesh import ParallelDims
     m = SelectiveFinetune(_cfg(data, tmp_path / 'sp'))
     with pytest.raises(ConfigError, match=r'data parallel only: --sp_size 2 and --tp_size 1 must be 1'): m.parallelize(ParallelDims(2, 1, 1, 2, 1))
+
+
+def test_block_swapping_switches_checkpointing_on_because_autograd_keeps_the_weights(data):
+    """The mechanism of issue 19's fault 2, on CPU: without checkpointing, what autograd saves in a block's forward shares storage
+    with the block's weights (F.linear keeps the weight for the input's gradient), so a swapped block's device copy could not
+    be freed before backward; with checkpointing nothing of the blocks' weights is kept. So --blocks_to_swap switches it on, saying so."""
+    import warnings
+    from videorecipes.train.flow import flow_matching_loss, step_generator
+    from videorecipes.train.selective import SliceProxies
+    g = torch.Generator().manual_seed(0)
+    batch = dict(latents=torch.randn(2, 16, 3, 4, 4, generator=g), text_embeddings=torch.randn(2, 8, 64, generator=g))
+    dit = load_transformer(data['zoo'], 'fp32').requires_grad_(False)
+    SliceProxies(dit, select(dit, 0.2, 0), 'cpu')
+    weights = {p.untyped_storage().data_ptr() for p in dit.blocks.parameters()}
+    def kept_weights(ckpt):
+        if ckpt: dit.enable_gradient_checkpointing(); dit.train()
+        kept = set()
+        def pack(t):
+            if t.untyped_storage().data_ptr() in weights: kept.add(t.untyped_storage().data_ptr())
+            return t
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            loss = flow_matching_loss(dit, batch, step_generator(0, 1))[0]
+        loss.backward()
+        return kept
+    assert len(kept_weights(False)) > len(dit.blocks)          # every block's matrices are held until backward
+    assert kept_weights(True) == set()
+    with pytest.warns(UserWarning, match='switched on'):
+        cfg = parse_args(['--ff', '0.1', '--blocks_to_swap', '2'])
+    assert cfg.memory.enable_gradient_checkpointing_type == 'full'
+    assert parse_args(['--ff', '0.1', '--blocks_to_swap', '2', '--enable_gradient_checkpointing_type', 'ops']).memory.enable_gradient_checkpointing_type == 'ops'
+
+
+def test_autocast_keeps_no_stale_casts_of_slice_tensors():
+    """Issue 19's fault 3 on CPU autocast: the cast cache reuses a bf16 copy of a requires-grad weight after its data changed
+    (what the slices' in-place writes and block swapping do). The loop's autocast turns the cache off when --ff trains."""
+    from videorecipes.train.trainer import autocast
+    lin = torch.nn.Linear(4, 4, bias=False); x = torch.randn(2, 4)
+    def twice(cfg):
+        with autocast(cfg, 'cpu'):
+            a = lin(x)
+            with torch.no_grad(): lin.weight.data.mul_(2)     # the data changes inside one autocast region
+            b = lin(x)
+        with torch.no_grad(): lin.weight.data.div_(2)
+        return torch.equal(a, b)
+    assert twice(parse_args(['--mixed_precision', 'bf16']))                     # the cache: the second call used the stale copy
+    assert not twice(parse_args(['--mixed_precision', 'bf16', '--ff', '0.1']))  # no cache with slices: it sees the new data

@@ -249,6 +249,12 @@ class SelectiveArgs:
         require(self.ff is None or 0 < self.ff <= 1, f"--ff must be in (0, 1] or None, got {self.ff}")
         require(self.ffid >= 0, f"--ffid must be ≥ 0, got {self.ffid}")
         require(self.blocks_to_swap >= 0, f"--blocks_to_swap must be ≥ 0, got {self.blocks_to_swap}")
+        if self.blocks_to_swap and cfg.memory.enable_gradient_checkpointing_type is None:
+            # without checkpointing, autograd keeps each swapped block's device weights (F.linear saves weight.t()) until
+            # backward, so swapping would free nothing and backward would copy every block in a second time
+            import warnings
+            warnings.warn("--blocks_to_swap needs activation checkpointing to free memory: switched on (--enable_gradient_checkpointing_type full)")
+            cfg.memory.enable_gradient_checkpointing_type = 'full'
 
 # %% ../nbs/00_config.ipynb #9ab5d4cc
 @dataclass

@@ -11,8 +11,9 @@ import torch.distributed as dist
 from ..config import ConfigError, require
 
 # %% auto #0
-__all__ = ['ParallelDims', 'init_distributed', 'close_distributed', 'is_main', 'barrier', 'build_mesh', 'dp_rank', 'sp_group',
-           'tp_mesh', 'fsdp_mesh', 'grad_norm', 'clip_grad_norm', 'average_gradients', 'mean_over_dp']
+__all__ = ['ParallelDims', 'process_group_backend', 'init_distributed', 'close_distributed', 'is_main', 'barrier', 'build_mesh',
+           'dp_rank', 'sp_group', 'tp_mesh', 'fsdp_mesh', 'grad_norm', 'clip_grad_norm', 'average_gradients',
+           'mean_over_dp']
 
 # %% ../../nbs/20_parallel.mesh.ipynb #b419f2e5
 @dataclass
@@ -67,6 +68,10 @@ class ParallelDims:
         return self
 
 # %% ../../nbs/20_parallel.mesh.ipynb #2de5df23
+def process_group_backend(cuda:bool) -> str:
+    "NCCL for CUDA tensors and Gloo for CPU ones on GPUs (FSDP's CPU-offloaded gradients are reduced on the CPU); Gloo alone on CPUs."
+    return 'cpu:gloo,cuda:nccl' if cuda else 'gloo'
+
 def init_distributed(timeout_s:float=1800, # collective timeout
                     ) -> tuple[int, int]:
     "(rank, world size): join torchrun's process group (NCCL on GPUs, Gloo on CPUs) when launched by torchrun."
@@ -80,7 +85,7 @@ def init_distributed(timeout_s:float=1800, # collective timeout
         # (e.g. Gloo's peer addresses) would make the new group dial dead processes, so each attempt gets its own prefix
         store, rank, world = next(dist.rendezvous('env://', timeout=timeout))
         store = dist.PrefixStore(f"videorecipes/attempt-{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}", store)
-        dist.init_process_group('nccl' if cuda else 'gloo', store=store, rank=rank, world_size=world, timeout=timeout)
+        dist.init_process_group(process_group_backend(cuda), store=store, rank=rank, world_size=world, timeout=timeout)
     return dist.get_rank(), dist.get_world_size()
 
 def close_distributed():

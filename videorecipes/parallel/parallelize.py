@@ -119,7 +119,9 @@ def apply_fsdp(dit, mesh, # `parallel.mesh.fsdp_mesh(dims)`
               ):
     "`fully_shard` each block, then the root."
     from torch.distributed.fsdp import fully_shard, MixedPrecisionPolicy, CPUOffloadPolicy, FSDPModule
-    kw = dict(mesh=mesh, mp_policy=MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=reduce_dtype))
+    # cast_forward_inputs=False: FSDP's default casts every forward input to param_dtype, which rounds the timestep (999.3 -> 1000)
+    # and the rotary tables to bf16 on multi-GPU runs only; the loop's autocast casts what the matmuls need, as in one process
+    kw = dict(mesh=mesh, mp_policy=MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=reduce_dtype, cast_forward_inputs=False))
     if cpu_offload: kw['offload_policy'] = CPUOffloadPolicy()
     for b in getattr(dit, blocks_attr): fully_shard(b, reshard_after_forward=reshard_after_forward, **kw)
     fully_shard(dit, reshard_after_forward=False, **kw)
@@ -158,6 +160,9 @@ def parallelize_wan(dit, # a WanTransformer3DModel (on its device, trainable par
     if e.fsdp_cpu_offload and not torch.cuda.is_available():
         raise ConfigError("--fsdp_cpu_offload True keeps FSDP shards in CPU memory between GPU uses: it needs CUDA (on a CPU-only "
                           "machine everything already lives in CPU memory)")
+    if e.fsdp_cpu_offload and fm is None:
+        raise ConfigError("--fsdp_cpu_offload True offloads FSDP's shards, and a single process shards nothing: run under torchrun with "
+                          "--num_gpus > 1, or keep blocks in CPU memory with --ff and --blocks_to_swap")
     if fm is not None:
         mp = cfg.optimizer.mixed_precision if cfg is not None else 'no'
         apply_fsdp(dit, fm, param_dtype=_dtype(mp) if trainable else None, cpu_offload=e.fsdp_cpu_offload,

@@ -55,10 +55,13 @@ def make_scheduler(optimizer, cfg:Config, every:int=1, # the optimizer steps on 
                          num_training_steps=max(cfg.training.max_train_steps // every, 1))
 
 def autocast(cfg:Config, device):
-    "The autocast context of `--mixed_precision` (a no-op for 'no')."
+    "The autocast context of `--mixed_precision` (a no-op for 'no'); without its cast cache when slices train (`--ff`)."
     mp = cfg.optimizer.mixed_precision
     if mp == 'no': return contextlib.nullcontext()
-    return torch.autocast(torch.device(device).type, dtype=torch.bfloat16 if mp == 'bf16' else torch.float16)
+    # the cache keeps a low-precision copy of every requires-grad weight until the outermost region ends, keyed by the tensor:
+    # selective's frozen tensors change in place and move between devices, so a cached copy is stale, and it holds the memory
+    return torch.autocast(torch.device(device).type, dtype=torch.bfloat16 if mp == 'bf16' else torch.float16,
+                          cache_enabled=cfg.selective.ff is None)
 
 # %% ../../nbs/44_train.trainer.ipynb #b5063b09
 class NonFiniteLossError(FloatingPointError):
