@@ -31,7 +31,10 @@ class _Names(importlib.abc.MetaPathFinder, importlib.abc.Loader):
         if name == 'torchvision' or name.startswith('torchvision.'): return importlib.machinery.ModuleSpec(name, self, is_package=True)
     def create_module(self, spec):
         m = types.ModuleType(spec.name); m.__path__ = []
-        m.__getattr__ = lambda k: (_ for _ in ()).throw(AttributeError(k)) if k.startswith('__') else _Absent(f'{spec.name}.{k}')
+        def name(k):
+            if k.startswith('__'): raise AttributeError(k)    # (dunder lookups: the import system's own probes)
+            return _Absent(f'{spec.name}.{k}')
+        m.__getattr__ = name
         return m
     def exec_module(self, m): pass
 

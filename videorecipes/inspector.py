@@ -94,7 +94,7 @@ def _nearest(steps, s):
     before = [x for x in steps if x <= s]
     return before[-1] if before else steps[0]
 
-# %% ../nbs/14_inspector.ipynb #2515b560
+# %% ../nbs/14_inspector.ipynb #0f58c6a1
 class ValidationInspector:
     "Validation videos by step and prompt, side by side with another step or run, over the run's curves and diagnostics."
     def __init__(self, run, # a run folder (or a `Run`)
@@ -113,36 +113,39 @@ class ValidationInspector:
         if path not in self._frames: self._frames[path] = read_video(path)[0]
         return self._frames[path]
 
-    def view(self, step:int=None, prompt:int=0, frame:int=0, # default step: the last
-             compare_step:int=None, # another step of this run beside it
-             other_step:int=None, # with `other`: that run's step beside it (default: the same or the nearest before)
-             alone:bool=False, # nothing beside it
-            ) -> dict:
-        "What the inspector shows: the videos' files, the side-by-side frame as png, the curves as png, the metrics at `step`."
-        run = self.run
-        step = run.steps[-1] if step is None else step
-        if step not in run.videos: raise KeyError(f"{run.folder}: no validation at step {step} (steps {run.steps})")
-        e = run.videos[step][prompt]
-        right = None
-        if alone: pass
-        elif compare_step is not None:
-            if compare_step not in run.videos: raise KeyError(f"{run.folder}: no validation at step {compare_step} (steps {run.steps})")
-            right = (f'{run.name} step {compare_step}', run.videos[compare_step][prompt]['file'])
-        elif self.other is not None and self.other.videos:
-            s2 = _nearest(self.other.steps, step) if other_step is None else other_step
-            match = [x for x in self.other.videos[s2] if x['prompt'] == e['prompt']] or self.other.videos[s2][prompt:prompt + 1]
-            if match: right = (f'{self.other.name} step {s2}', match[0]['file'])
-        vids = [self.frames(e['file'])] + ([self.frames(right[1])] if right else [])
-        f = min(frame, min(len(v) for v in vids) - 1)
-        tiles = [v[min(f, len(v) - 1)] for v in vids]
-        gap = np.full((tiles[0].shape[0], 2, 3), 255, np.uint8)
-        grid = np.concatenate(sum(([t, gap] for t in tiles), [])[:-1], axis=1)
-        scale = self.scale or max(1, 192 // grid.shape[0])
-        values = next((r for r in run.metrics if r.get('step') == step), {})
-        curves = _fig_png(plot_run([run] + ([self.other] if self.other else []), step, self.smooth)) if run.metrics else None
-        return dict(step=step, prompt=e['prompt'], seed=e.get('seed'), frame=f, frames=len(vids[0]), left=e['file'],
-                    right=right[1] if right else None, right_label=right[0] if right else None,
-                    image=_png(grid, scale), curves=curves, metrics={k: v for k, v in values.items() if k != 'step'})
+# %% ../nbs/14_inspector.ipynb #5b587a8b
+def _view(self:ValidationInspector, step:int=None, prompt:int=0, frame:int=0, # default step: the last
+         compare_step:int=None, # another step of this run beside it
+         other_step:int=None, # with `other`: that run's step beside it (default: the same or the nearest before)
+         alone:bool=False, # nothing beside it
+        ) -> dict:
+    "What the inspector shows: the videos' files, the side-by-side frame as png, the curves as png, the metrics at `step`."
+    run = self.run
+    step = run.steps[-1] if step is None else step
+    if step not in run.videos: raise KeyError(f"{run.folder}: no validation at step {step} (steps {run.steps})")
+    e = run.videos[step][prompt]
+    right = None
+    if alone: pass
+    elif compare_step is not None:
+        if compare_step not in run.videos: raise KeyError(f"{run.folder}: no validation at step {compare_step} (steps {run.steps})")
+        right = (f'{run.name} step {compare_step}', run.videos[compare_step][prompt]['file'])
+    elif self.other is not None and self.other.videos:
+        s2 = _nearest(self.other.steps, step) if other_step is None else other_step
+        match = [x for x in self.other.videos[s2] if x['prompt'] == e['prompt']] or self.other.videos[s2][prompt:prompt + 1]
+        if match: right = (f'{self.other.name} step {s2}', match[0]['file'])
+    vids = [self.frames(e['file'])] + ([self.frames(right[1])] if right else [])
+    f = min(frame, min(len(v) for v in vids) - 1)
+    tiles = [v[min(f, len(v) - 1)] for v in vids]
+    gap = np.full((tiles[0].shape[0], 2, 3), 255, np.uint8)
+    grid = np.concatenate(sum(([t, gap] for t in tiles), [])[:-1], axis=1)
+    scale = self.scale or max(1, 192 // grid.shape[0])
+    values = next((r for r in run.metrics if r.get('step') == step), {})
+    curves = _fig_png(plot_run([run] + ([self.other] if self.other else []), step, self.smooth)) if run.metrics else None
+    return dict(step=step, prompt=e['prompt'], seed=e.get('seed'), frame=f, frames=len(vids[0]), left=e['file'],
+                right=right[1] if right else None, right_label=right[0] if right else None,
+                image=_png(grid, scale), curves=curves, metrics={k: v for k, v in values.items() if k != 'step'})
+
+ValidationInspector.view = _view
 
 # %% ../nbs/14_inspector.ipynb #1742509f
 def _show(self:ValidationInspector):

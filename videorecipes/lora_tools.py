@@ -577,7 +577,7 @@ def extract_lora(base, # the model before finetuning: folder, hub id, file, modu
     if opt: info['max_error_over_optimum'] = float(max(r['rel_error'] / r['optimum'] if r['optimum'] > 0 else 1.0 for r in opt))
     return LoraAdapter(layers, full, info, report)
 
-# %% ../nbs/50_lora_tools.ipynb #3393cb57
+# %% ../nbs/50_lora_tools.ipynb #ea82da0d
 DIFFUSERS_LORA_NAME, COMFY_LORA_NAME, MUSUBI_LORA_NAME, FULL_DELTAS_NAME, REPORT_NAME = (
     'pytorch_lora_weights.safetensors', 'wan_lora_comfy.safetensors', 'wan_lora_musubi.safetensors', 'full_deltas.safetensors',
     'extraction_report.json')
@@ -604,12 +604,13 @@ def write_layouts(folder, sd:dict, # diffusers/peft LoRA keys (lora_A/lora_B, lo
         m, pad, left = to_musubi_keys(sd, alpha, shapes, drop=True)
         if left: warnings.warn(f"{MUSUBI_LORA_NAME} leaves out {len(left)} layers musubi-tuner's LoRA does not hold ({_trim(left, 3)}); "
                                f"the diffusers and comfy files have them")
-        ranks = Counter(int(v.shape[0]) for k, v in m.items() if k.endswith('lora_down.weight'))
+        ranks = Counter(int(p['lora_A.weight'].shape[0]) for p in _lora_modules(sd).values())   # (the trained layers, not the padding)
         meta = dict(head or {}, ss_network_module='networks.lora_wan', ss_network_dim=str(ranks.most_common(1)[0][0]),
                     ss_network_alpha=str(alpha if not isinstance(alpha, dict) else Counter(alpha.values()).most_common(1)[0][0]),
                     **{PADDING_META: json.dumps(pad)})
         save_file({k: v.contiguous() for k, v in m.items()}, Path(folder) / MUSUBI_LORA_NAME, metadata=meta)
 
+# %% ../nbs/50_lora_tools.ipynb #38533f82
 def save_adapter(adapter:LoraAdapter, out, # folder to write (built beside it, then renamed into place)
                  comfy:bool=False, # also write the original-Wan / ComfyUI layout (the same as 'comfy' in `formats`)
                  dtype='fp32', # dtype of the stored factors ('fp32', 'bf16', 'fp16')
@@ -1058,7 +1059,7 @@ def compare_models(model_a, model_b, # folders, hub ids or files
         with atomic_path(out) as tmp: Path(tmp).write_text(json.dumps(report, indent=1, default=_json_default))
     return Comparison(report, va, vb)
 
-# %% ../nbs/50_lora_tools.ipynb #4b8fb3e6
+# %% ../nbs/50_lora_tools.ipynb #6e53a871
 def _print_extraction(ad, out):
     i = ad.info
     print(f"extracted {i['lora_layers']}/{i['linear_layers']} linear layers at rank {i['rank']} (alpha {i['alpha']}) in {i['seconds']:.1f}s; "
@@ -1102,6 +1103,7 @@ def _extract_cmd(argv):
                       niter=a.niter, full_deltas=a.full_deltas, clamp_rank=a.clamp_rank, verify=a.verify, device=a.device)
     _print_extraction(ad, _write_out(ad, a.out, a.format + ['comfy'] * a.comfy, a.dtype, a.overwrite, a.base))
 
+# %% ../nbs/50_lora_tools.ipynb #b5601a9f
 def _write_out(ad, out, formats, dtype, overwrite, base=None):
     "A folder with the diffusers file and `formats`' files, or one .safetensors file in the first of `formats` besides diffusers."
     shapes = Weights(base).shapes() if base is not None and 'musubi' in formats else None    # (sizes of the musubi padding)
