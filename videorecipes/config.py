@@ -57,8 +57,16 @@ class ModelArgs:
                           aliases=('pretrained_model_name_or_path', 'model_id'))
     model_type: str = arg('t2v', "Text-to-video or image-to-video", choices=('t2v', 'i2v'))
     dit_precision: str = arg('fp32', "Precision of the transformer's master weights", choices=('fp32', 'bf16', 'fp16'))
+    train_expert: Optional[str] = arg(None, "Wan2.2 A14B: which expert trains: high (transformer, σ ≥ the boundary), low (transformer_2) or both (None: both)",
+                                      choices=('high', 'low', 'both'))
+    boundary_ratio: Optional[float] = arg(None, "Wan2.2 A14B: the noise level that splits the experts (None: the model's model_index.json; 0.875 T2V, 0.9 I2V)")
+    offload_inactive_dit: bool = arg(False, "Wan2.2 A14B: keep the expert that is not training (and its optimizer state) in CPU memory")
+    i2v_ratio: Optional[float] = arg(None, "Wan2.2 TI2V: share of clips trained as I2V (first latent frame clean, its timesteps 0); None: 1 for --model_type i2v, else 0")
 
-    def validate(self, cfg): require(self.model_path.strip() != '', "--model_path must not be empty")
+    def validate(self, cfg):
+        require(self.model_path.strip() != '', "--model_path must not be empty")
+        require(self.boundary_ratio is None or 0 < self.boundary_ratio < 1, f"--boundary_ratio must be in (0, 1), got {self.boundary_ratio}")
+        require(self.i2v_ratio is None or 0 <= self.i2v_ratio <= 1, f"--i2v_ratio must be in [0, 1], got {self.i2v_ratio}")
 
 @dataclass
 class DataArgs:
@@ -341,6 +349,7 @@ class PreprocessArgs:
     vae_precision: str = arg('fp32', "VAE precision while encoding (latents are stored in fp32)", choices=_PRECISIONS)
     text_precision: str = arg('bf16', "Text-encoder precision (embeddings are stored in it)", choices=_PRECISIONS)
     image_precision: str = arg('fp32', "CLIP image-encoder precision (I2V)", choices=_PRECISIONS)
+    i2v_last_frame: bool = arg(False, "I2V (Wan2.1-Fun InP): condition on the last frame too, as the VAE of [first, zeros..., last] with both frames masked")
     preprocess_num_workers: int = arg(2, "Threads decoding videos ahead of the encoders (0: decode inline)")
     preprocess_max_shards: Optional[int] = arg(None, "Stop after writing this many new shards per rank (resume later)")
     preprocess_overwrite: bool = arg(False, "Delete the output of an earlier run made with other settings instead of refusing")

@@ -35,24 +35,35 @@ class Sampler:
                  transformer=None, # the in-memory DiT to sample with (default: the folder's own)
                  text_dtype='fp32', # dtype of the text and image encoders
                  device=None, # where to run (default: the transformer's device)
+                 transformer_2=None, # Wan2.2 A14B: the low-noise expert (default: the folder's, in the transformer's dtype)
                 ):
-        self.model_path, self.kind = model_path, pipeline_kind(model_path)
+        from videorecipes.zoo import pipeline_config, load_transformer
+        self.model_path, self.kind, self.config = model_path, pipeline_kind(model_path), pipeline_config(model_path)
         self.text_max_length = model_text_length(model_path)   # what the model was trained with, when known (else None: 512)
-        names = ['vae', 'text_encoder', 'tokenizer', 'scheduler'] + (['image_encoder', 'image_processor'] if self.kind == 'i2v' else [])
+        names = ['vae', 'text_encoder', 'tokenizer', 'scheduler'] + (['image_encoder', 'image_processor'] if self.config['clip'] else [])
         if transformer is None: names.append('transformer')
         self.parts = load_components(model_path, names, dtype=text_dtype, image_encoder_dtype=text_dtype)
         if transformer is not None: self.parts['transformer'] = transformer
+        if self.config['experts'] == 2:
+            self.parts['transformer_2'] = transformer_2 if transformer_2 is not None else load_transformer(
+                model_path, self.parts['transformer'].dtype, 'transformer_2').to(next(self.parts['transformer'].parameters()).device)
         self.device = torch.device(device) if device is not None else next(self.parts['transformer'].parameters()).device
         for k in ('vae', 'text_encoder', 'image_encoder'):
             if k in self.parts: self.parts[k].to(self.device).requires_grad_(False).eval()
 
-    def pipeline(self, transformer=None):
-        "A diffusers pipeline around `transformer` (default: the one given at construction)."
+    def pipeline(self, transformer=None, transformer_2=None):
+        "A diffusers pipeline around `transformer` (and a Wan2.2 `transformer_2`; default: the ones given at construction)."
         from diffusers import WanPipeline, WanImageToVideoPipeline
         parts = dict(self.parts)
         if transformer is not None: parts['transformer'] = transformer
-        parts['transformer'] = unwrap_transformer(parts['transformer'])
+        if transformer_2 is not None: parts['transformer_2'] = transformer_2
+        for k in ('transformer', 'transformer_2'):
+            if k in parts: parts[k] = unwrap_transformer(parts[k])
         if self.kind != 'i2v': parts = {k: v for k, v in parts.items() if k not in ('image_encoder', 'image_processor')}
+        elif not self.config['clip']: parts.update(image_encoder=None, image_processor=None)
+        c = self.config
+        if c['experts'] == 2: parts['boundary_ratio'] = c['boundary_ratio']
+        if c['expand_timesteps']: parts['expand_timesteps'] = True
         pipe = (WanImageToVideoPipeline if self.kind == 'i2v' else WanPipeline)(**{'text_encoder': None, **parts})
         pipe.set_progress_bar_config(disable=True)
         return pipe
@@ -140,6 +151,7 @@ def _generate(self:Sampler, prompts, # a prompt or a list of prompts
               seed:int=0, # video i uses seed + i
               images=None, # I2V: one PIL image (or uint8 HxWx3 array) per prompt
               transformer=None, # sample with this transformer instead of the constructor's
+              transformer_2=None, # Wan2.2 A14B: and with this low-noise expert
               max_sequence_length:int=None, # text length prompts are padded to (None: the model's training length, else 512)
               embeds:dict=None, # what `encode` returned for these prompts (then the text/image encoders are not used)
               sigmas=None, # a few-step student's noise levels (`few_step_scheduler`); then `num_inference_steps` is len(sigmas)
@@ -147,11 +159,12 @@ def _generate(self:Sampler, prompts, # a prompt or a list of prompts
     "Generate one video per prompt as `uint8` frames `[T,H,W,3]`."
     if isinstance(prompts, str): prompts = [prompts]
     if self.kind == 'i2v' and (images is None or len(images) != len(prompts)): raise ValueError("an I2V pipeline needs one image per prompt (`images=`)")
-    pipe, max_sequence_length = self.pipeline(transformer), max_sequence_length or self.text_max_length or 512
+    pipe, max_sequence_length = self.pipeline(transformer, transformer_2), max_sequence_length or self.text_max_length or 512
     if sigmas is not None: pipe.scheduler, num_inference_steps = few_step_scheduler(sigmas), len(sigmas)
-    dit = pipe.transformer
-    was_training, videos = dit.training, []
+    dit, dit2 = pipe.transformer, getattr(pipe, 'transformer_2', None)
+    was_training, was_training_2, videos = dit.training, dit2 is not None and dit2.training, []
     dit.eval()
+    if dit2 is not None: dit2.eval()
     try:
         for i, prompt in enumerate(prompts):
             kw = dict(num_frames=num_frames, height=height, width=width, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
@@ -166,6 +179,7 @@ def _generate(self:Sampler, prompts, # a prompt or a list of prompts
             videos.append((np.clip(frames, 0, 1) * 255 + 0.5).astype(np.uint8))
     finally:
         dit.train(was_training)
+        if dit2 is not None: dit2.train(was_training_2)
         from videorecipes.parallel.attention import attention_context
         if (ctx := attention_context(unwrap_transformer(dit))) is not None: ctx.denoise_step = None   # training forwards come next
     return videos

@@ -13,11 +13,12 @@ from .videoio import atomic_dir
 from .config import arg, parse_command, run_cli
 
 # %% auto #0
-__all__ = ['WAN_MODELS', 'TINY_TEXT_DIM', 'TINY_IMAGE_DIM', 'TINY_DIT', 'TINY_ZOO_VERSION', 'WanSpec', 'transformer_config',
-           'count_parameters', 'model_table', 'ModelLoadError', 'as_dtype', 'resolve_model_path', 'load_transformer',
-           'load_vae', 'load_text_encoder', 'load_tokenizer', 'load_image_encoder', 'load_image_processor',
-           'load_scheduler', 'pipeline_kind', 'load_components', 'tiny_vae_dir', 'tiny_vae_digest', 'build_tokenizer',
-           'build_tiny_pipeline', 'cache_dir', 'tiny_zoo', 'folder_size', 'ZooArgs', 'zoo_cli', 'zoo_main']
+__all__ = ['WAN_MODELS', 'TINY_TEXT_DIM', 'TINY_IMAGE_DIM', 'TINY_DIT', 'TINY_KINDS', 'TINY_ZOO_VERSION', 'WanSpec',
+           'transformer_config', 'count_parameters', 'model_table', 'ModelLoadError', 'as_dtype', 'resolve_model_path',
+           'load_transformer', 'load_vae', 'load_text_encoder', 'load_tokenizer', 'load_image_encoder',
+           'load_image_processor', 'load_scheduler', 'pipeline_kind', 'load_components', 'pipeline_config',
+           'tiny_vae_dir', 'tiny_vae_digest', 'build_tokenizer', 'build_tiny_pipeline', 'cache_dir', 'tiny_zoo',
+           'folder_size', 'ZooArgs', 'zoo_cli', 'zoo_main']
 
 # %% ../nbs/03_zoo.ipynb #4cf4c3b8
 _WAN_DIT_COMMON = dict(patch_size=(1, 2, 2), attention_head_dim=128, out_channels=16, text_dim=4096, freq_dim=256,
@@ -33,6 +34,8 @@ class WanSpec:
     vae: str = 'wan2.1'   # 'wan2.1' (16 latent channels, 4x8x8) or 'wan2.2' (48 channels, 4x16x16)
     experts: int = 1      # Wan2.2 A14B has a high-noise and a low-noise expert (transformer, transformer_2)
     notes: str = ''
+    boundary: Optional[float] = None   # two experts: `transformer` takes σ ≥ boundary, `transformer_2` the rest
+    expand_timesteps: bool = False     # Wan2.2 TI2V: one timestep per token (the clean first frame's are 0)
 
     @property
     def dim(self): return self.transformer['num_attention_heads'] * self.transformer['attention_head_dim']
@@ -48,12 +51,18 @@ WAN_MODELS = {s.name: s for s in [
             _dit(num_attention_heads=40, in_channels=36, ffn_dim=13824, num_layers=40, image_dim=1280, added_kv_proj_dim=5120)),
     WanSpec('Wan2.1-I2V-14B-720P', 'Wan-AI/Wan2.1-I2V-14B-720P-Diffusers', 'i2v',
             _dit(num_attention_heads=40, in_channels=36, ffn_dim=13824, num_layers=40, image_dim=1280, added_kv_proj_dim=5120)),
+    WanSpec('Wan2.1-Fun-1.3B-InP', 'weizhou03/Wan2.1-Fun-1.3B-InP-Diffusers', 'i2v',
+            _dit(num_attention_heads=12, in_channels=36, ffn_dim=8960, num_layers=30, image_dim=1280, added_kv_proj_dim=1536),
+            notes='first (and optionally last) frame inpainting: 16 noisy + 4 mask + 16 condition channels, CLIP tokens'),
     WanSpec('Wan2.2-TI2V-5B', 'Wan-AI/Wan2.2-TI2V-5B-Diffusers', 'ti2v',
             _dit(num_attention_heads=24, in_channels=48, out_channels=48, ffn_dim=14336, num_layers=30), vae='wan2.2',
-            notes='text+image to video at 704x1280 with the 48-channel Wan2.2 VAE; expand_timesteps'),
+            expand_timesteps=True, notes='text+image to video at 704x1280 with the 48-channel Wan2.2 VAE; expand_timesteps'),
     WanSpec('Wan2.2-T2V-A14B', 'Wan-AI/Wan2.2-T2V-A14B-Diffusers', 't2v',
-            _dit(num_attention_heads=40, in_channels=16, ffn_dim=13824, num_layers=40), experts=2,
+            _dit(num_attention_heads=40, in_channels=16, ffn_dim=13824, num_layers=40), experts=2, boundary=0.875,
             notes='two 14B experts split at boundary_ratio 0.875 of the noise schedule'),
+    WanSpec('Wan2.2-I2V-A14B', 'Wan-AI/Wan2.2-I2V-A14B-Diffusers', 'i2v',
+            _dit(num_attention_heads=40, in_channels=36, ffn_dim=13824, num_layers=40), experts=2, boundary=0.9,
+            notes='two 14B experts split at boundary_ratio 0.9; no CLIP image encoder'),
 ]}
 
 def transformer_config(name:str, # a key of WAN_MODELS, or 'tiny-t2v' / 'tiny-i2v'
@@ -167,7 +176,7 @@ def pipeline_kind(path) -> str:
     if Path(src).exists(): raise ModelLoadError(f"{src}: no model_index.json (not a diffusers pipeline folder)")
     return 'i2v' if 'I2V' in src else 't2v'
 
-_LOADERS = dict(transformer=load_transformer, vae=load_vae, text_encoder=load_text_encoder, tokenizer=load_tokenizer,
+_LOADERS = dict(transformer=load_transformer, transformer_2=load_transformer, vae=load_vae, text_encoder=load_text_encoder, tokenizer=load_tokenizer,
                 scheduler=load_scheduler, image_encoder=load_image_encoder, image_processor=load_image_processor)
 
 def load_components(path, # diffusers folder, hub id or WAN_MODELS name
@@ -177,14 +186,35 @@ def load_components(path, # diffusers folder, hub id or WAN_MODELS name
                     image_encoder_dtype='fp32', # dtype of the CLIP image encoder
                    ) -> dict:
     "Load pipeline parts by name into a dict."
-    kind = pipeline_kind(path)
-    default = ['transformer', 'vae', 'text_encoder', 'tokenizer', 'scheduler'] + (['image_encoder', 'image_processor'] if kind == 'i2v' else [])
+    pc = pipeline_config(path)
+    default = (['transformer'] + (['transformer_2'] if pc['experts'] == 2 else []) + ['vae', 'text_encoder', 'tokenizer', 'scheduler']
+               + (['image_encoder', 'image_processor'] if pc['clip'] else []))
     out = {}
     for name in components or default:
         if name not in _LOADERS: raise ValueError(f"unknown component {name!r}; expected one of {sorted(_LOADERS)}")
         f = _LOADERS[name]
-        d = dict(transformer=dtype, text_encoder=dtype, vae=vae_dtype, image_encoder=image_encoder_dtype).get(name)
-        out[name] = f(path, d) if d is not None else f(path)
+        d = dict(transformer=dtype, transformer_2=dtype, text_encoder=dtype, vae=vae_dtype, image_encoder=image_encoder_dtype).get(name)
+        out[name] = f(path, d, 'transformer_2') if name == 'transformer_2' else f(path, d) if d is not None else f(path)
+    return out
+
+# %% ../nbs/03_zoo.ipynb #e4b20b5a
+def pipeline_config(path) -> dict:
+    "kind ('t2v'/'i2v'), experts (1 or 2), boundary_ratio, expand_timesteps and clip (an image encoder) of a pipeline."
+    src = resolve_model_path(path)
+    f = Path(src) / 'model_index.json'
+    if f.exists():
+        try: d = json.loads(f.read_text())
+        except json.JSONDecodeError as e: raise ModelLoadError(f"{f}: not valid JSON ({e})") from None
+        has = lambda k: isinstance(d.get(k), list) and d[k][0] is not None
+        out = dict(kind=pipeline_kind(src), experts=2 if has('transformer_2') else 1, boundary_ratio=d.get('boundary_ratio'),
+                   expand_timesteps=bool(d.get('expand_timesteps')), clip=has('image_encoder'))
+    else:
+        s = next((s for s in WAN_MODELS.values() if s.hub_id == src), None)
+        kind = pipeline_kind(src)
+        out = dict(kind=kind, experts=s.experts if s else 1, boundary_ratio=s.boundary if s else None,
+                   expand_timesteps=bool(s and s.expand_timesteps), clip=kind == 'i2v' and not (s and s.experts == 2))
+    if out['experts'] == 2 and not (isinstance(out['boundary_ratio'], (int, float)) and 0 < out['boundary_ratio'] < 1):
+        raise ModelLoadError(f"{src}: two experts (transformer_2) but no boundary_ratio in (0, 1) in its model_index.json")
     return out
 
 # %% ../nbs/03_zoo.ipynb #f2ee1507
@@ -193,7 +223,15 @@ _TINY_DIT_BASE = dict(patch_size=(1, 2, 2), num_attention_heads=4, attention_hea
                       text_dim=TINY_TEXT_DIM, freq_dim=64, ffn_dim=256, num_layers=4, cross_attn_norm=True,
                       qk_norm='rms_norm_across_heads', eps=1e-6, rope_max_seq_len=1024)
 TINY_DIT = {'tiny-t2v': dict(_TINY_DIT_BASE, in_channels=16),
-            'tiny-i2v': dict(_TINY_DIT_BASE, in_channels=36, image_dim=TINY_IMAGE_DIM, added_kv_proj_dim=128)}
+            'tiny-i2v': dict(_TINY_DIT_BASE, in_channels=36, image_dim=TINY_IMAGE_DIM, added_kv_proj_dim=128),
+            'tiny-i2v-noclip': dict(_TINY_DIT_BASE, in_channels=36),            # Wan2.2 A14B I2V: no image tokens
+            'tiny-ti2v': dict(_TINY_DIT_BASE, in_channels=48, out_channels=48)}  # the 48-channel Wan2.2 VAE's latents
+# kind -> its DiT, experts (and boundary), VAE, CLIP, per-token timesteps; each mirrors a row of WAN_MODELS
+TINY_KINDS = {'t2v': dict(dit='tiny-t2v', like='Wan2.1-T2V-1.3B'), 'i2v': dict(dit='tiny-i2v', clip=True, like='Wan2.1-I2V-14B-480P'),
+              'fun-inp': dict(dit='tiny-i2v', clip=True, like='Wan2.1-Fun-1.3B-InP'),
+              'ti2v': dict(dit='tiny-ti2v', vae='wan2.2', expand_timesteps=True, like='Wan2.2-TI2V-5B'),
+              'wan2.2-t2v': dict(dit='tiny-t2v', experts=2, boundary=0.875, like='Wan2.2-T2V-A14B'),
+              'wan2.2-i2v': dict(dit='tiny-i2v-noclip', experts=2, boundary=0.9, like='Wan2.2-I2V-A14B')}
 TINY_ZOO_VERSION = 1
 
 def tiny_vae_dir() -> Path:
@@ -231,39 +269,57 @@ def build_tokenizer(captions, # training corpus (the synthetic captions)
     return T5Tokenizer(tokenizer_object=tok, eos_token='</s>', unk_token='<unk>', pad_token='<pad>', extra_ids=0,
                        model_max_length=model_max_length)
 
-# %% ../nbs/03_zoo.ipynb #a1f2e371
+# %% ../nbs/03_zoo.ipynb #46914f07
+def _tiny_text_encoder(tokenizer):
+    from transformers import UMT5Config, UMT5EncoderModel
+    te = UMT5EncoderModel(UMT5Config(
+        vocab_size=len(tokenizer), d_model=TINY_TEXT_DIM, d_kv=16, d_ff=128, num_layers=2, num_heads=4,
+        relative_attention_num_buckets=32, relative_attention_max_distance=128, feed_forward_proj='gated-gelu',
+        dropout_rate=0.0, pad_token_id=0, eos_token_id=1, decoder_start_token_id=0, tie_word_embeddings=False))
+    with torch.no_grad(): te.shared.weight.normal_(0, 1.0)   # distinct, unit-scale prompt embeddings (T5 init is tiny at this width)
+    return te
+
+def _tiny_vae(which:str):
+    "The trained 16-channel tiny VAE, or a random 48-channel one with the Wan2.2 VAE's 2x2 patching (4x16x16 compression)."
+    from diffusers import AutoencoderKLWan
+    if which == 'wan2.1': return AutoencoderKLWan.from_pretrained(tiny_vae_dir(), torch_dtype=torch.float32)
+    return AutoencoderKLWan(base_dim=16, decoder_base_dim=16, z_dim=48, dim_mult=[1, 2, 2, 2], num_res_blocks=1, is_residual=True,
+                            in_channels=12, out_channels=12, patch_size=2, scale_factor_spatial=16, scale_factor_temporal=4,
+                            latents_mean=[0.0] * 48, latents_std=[1.0] * 48)
+
+def _tiny_clip():
+    from transformers import CLIPVisionConfig, CLIPVisionModel, CLIPImageProcessorPil
+    return dict(image_encoder=CLIPVisionModel(CLIPVisionConfig(hidden_size=TINY_IMAGE_DIM, intermediate_size=128, num_hidden_layers=2,
+                                              num_attention_heads=4, image_size=32, patch_size=8, projection_dim=TINY_IMAGE_DIM)),
+                image_processor=CLIPImageProcessorPil(size={'shortest_edge': 32}, crop_size={'height': 32, 'width': 32}))
+
+# %% ../nbs/03_zoo.ipynb #4b4e6110
 def build_tiny_pipeline(folder, # where to write the pipeline (replaced if it exists)
-                        kind:str='t2v', # 't2v' or 'i2v'
-                        seed:int=0, # initialises the DiT, text encoder and image encoder
+                        kind:str='t2v', # a key of TINY_KINDS: 't2v', 'i2v', 'fun-inp', 'ti2v', 'wan2.2-t2v', 'wan2.2-i2v'
+                        seed:int=0, # initialises the DiT(s), text encoder and image encoder
                         overwrite:bool=True, # replace an existing folder (else keep it: another process built it first)
                         **dit_overrides, # changes to the tiny DiT config
                        ) -> Path:
     "Write a tiny, complete, diffusers-format Wan pipeline folder built from the real classes."
-    from diffusers import WanTransformer3DModel, AutoencoderKLWan, UniPCMultistepScheduler, WanPipeline, WanImageToVideoPipeline
-    from transformers import UMT5Config, UMT5EncoderModel, CLIPVisionConfig, CLIPVisionModel, CLIPImageProcessorPil
+    from diffusers import WanTransformer3DModel, UniPCMultistepScheduler, WanPipeline, WanImageToVideoPipeline
     from videorecipes.synthetic import all_captions
-    if kind not in ('t2v', 'i2v'): raise ValueError(f"kind must be 't2v' or 'i2v', got {kind!r}")
+    if kind not in TINY_KINDS: raise ValueError(f"kind must be one of {', '.join(TINY_KINDS)}; got {kind!r}")
+    k = TINY_KINDS[kind]
     if not (tiny_vae_dir() / 'config.json').exists():
         raise FileNotFoundError(f"{tiny_vae_dir()}: the trained tiny VAE is missing; run data_scripts/train_tiny_vae.py")
-    folder = Path(folder)
-    tokenizer = build_tokenizer(all_captions())
+    folder, tokenizer = Path(folder), build_tokenizer(all_captions())
     torch.manual_seed(seed)
-    text_encoder = UMT5EncoderModel(UMT5Config(
-        vocab_size=len(tokenizer), d_model=TINY_TEXT_DIM, d_kv=16, d_ff=128, num_layers=2, num_heads=4,
-        relative_attention_num_buckets=32, relative_attention_max_distance=128, feed_forward_proj='gated-gelu',
-        dropout_rate=0.0, pad_token_id=0, eos_token_id=1, decoder_start_token_id=0, tie_word_embeddings=False))
-    with torch.no_grad():  # give the prompt tokens distinct, unit-scale embeddings (T5 init is tiny at this width)
-        text_encoder.shared.weight.normal_(0, 1.0)
-    transformer = WanTransformer3DModel(**transformer_config(f'tiny-{kind}', **dit_overrides))
-    vae = AutoencoderKLWan.from_pretrained(tiny_vae_dir(), torch_dtype=torch.float32)
-    scheduler = UniPCMultistepScheduler(prediction_type='flow_prediction', use_flow_sigmas=True, num_train_timesteps=1000, flow_shift=3.0)
-    parts = dict(tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, scheduler=scheduler, transformer=transformer)
-    if kind == 'i2v':
-        parts['image_encoder'] = CLIPVisionModel(CLIPVisionConfig(hidden_size=TINY_IMAGE_DIM, intermediate_size=128,
-            num_hidden_layers=2, num_attention_heads=4, image_size=32, patch_size=8, projection_dim=TINY_IMAGE_DIM))
-        parts['image_processor'] = CLIPImageProcessorPil(size={'shortest_edge': 32}, crop_size={'height': 32, 'width': 32})
-        pipe = WanImageToVideoPipeline(**parts)
-    else: pipe = WanPipeline(**parts)
+    parts = dict(tokenizer=tokenizer, text_encoder=_tiny_text_encoder(tokenizer))
+    parts['transformer'] = WanTransformer3DModel(**transformer_config(k['dit'], **dit_overrides))
+    parts['vae'] = _tiny_vae(k.get('vae', 'wan2.1'))
+    parts['scheduler'] = UniPCMultistepScheduler(prediction_type='flow_prediction', use_flow_sigmas=True, num_train_timesteps=1000, flow_shift=3.0)
+    if k.get('clip'): parts.update(_tiny_clip())
+    if k.get('experts') == 2:   # (drawn after everything the one-expert kinds draw)
+        parts.update(transformer_2=WanTransformer3DModel(**transformer_config(k['dit'], **dit_overrides)), boundary_ratio=k['boundary'])
+    if k.get('expand_timesteps'): parts['expand_timesteps'] = True
+    i2v = TINY_DIT[k['dit']]['in_channels'] == 36
+    if i2v and not k.get('clip'): parts.update(image_encoder=None, image_processor=None)
+    pipe = (WanImageToVideoPipeline if i2v else WanPipeline)(**parts)
     if folder.exists() and not (folder / 'model_index.json').exists(): shutil.rmtree(folder)  # a broken leftover
     with atomic_dir(folder, overwrite=overwrite) as tmp:  # overwrite=False: a concurrent build that finished first wins
         pipe.save_pretrained(tmp)
@@ -271,17 +327,19 @@ def build_tiny_pipeline(folder, # where to write the pipeline (replaced if it ex
                                                               vae_digest=tiny_vae_digest(), dit_overrides=dit_overrides), indent=1))
     return folder
 
+# %% ../nbs/03_zoo.ipynb #0cf5d790
 def cache_dir() -> Path:
     "Where videorecipes caches built artefacts: `$VIDEORECIPES_CACHE` or `~/.cache/videorecipes`."
     return Path(os.environ.get('VIDEORECIPES_CACHE', Path.home() / '.cache' / 'videorecipes')).expanduser()
 
-def tiny_zoo(kind:str='t2v', # 't2v' or 'i2v'
+def tiny_zoo(kind:str='t2v', # a key of TINY_KINDS
              root=None, # folder to hold the zoo (default: `cache_dir()/'zoo'`)
              rebuild:bool=False, # build even if a cached folder exists
             ) -> Path:
     "Path of the cached tiny pipeline of `kind`, built on first use and rebuilt when the shipped VAE changed."
+    if kind not in TINY_KINDS: raise ValueError(f"unknown tiny zoo kind {kind!r}; known: {', '.join(TINY_KINDS)}")
     root = Path(root) if root is not None else cache_dir() / 'zoo'
-    folder = root / f'tiny-wan2.1-{kind}-v{TINY_ZOO_VERSION}'
+    folder = root / (f'tiny-wan2.1-{kind}-v{TINY_ZOO_VERSION}' if kind in ('t2v', 'i2v') else f'tiny-{kind}-v{TINY_ZOO_VERSION}')
     if not rebuild and (folder / 'model_index.json').exists():
         try: stale = json.loads((folder / 'videorecipes.json').read_text()).get('vae_digest') != tiny_vae_digest()
         except (OSError, ValueError): stale = True
@@ -298,7 +356,7 @@ def folder_size(folder) -> int:
 class ZooArgs:
     "Print the named Wan models and build the tiny zoo (T2V and I2V pipeline folders)."
     out: Optional[str] = arg(None, "Folder for the tiny zoo (None: $VIDEORECIPES_CACHE/zoo)")
-    kinds: list[str] = arg(['t2v', 'i2v'], "Which tiny pipelines to build", choices=('t2v', 'i2v'))
+    kinds: list[str] = arg(['t2v', 'i2v'], "Which tiny pipelines to build", choices=tuple(TINY_KINDS))
     rebuild: bool = arg(False, "Rebuild even if cached")
     no_table: bool = arg(False, "Skip the table of real models")
 

@@ -132,7 +132,8 @@ def _decode(self:LatentDataset, r:dict) -> dict:
     if self.kind == 'i2v':
         ff = row_tensor(r, 'first_frame_latent').float()[:, :T]
         out.update(first_frame_latents=ff if r.get('_first_frame_normalized', True) else normalize_latents(ff, self.stats),
-                   clip_features=row_tensor(r, 'clip_feature').float())
+                   last_frame=torch.tensor(bool(self.info.get('i2v_last_frame'))))
+        if r['clip_feature_bytes']: out['clip_features'] = row_tensor(r, 'clip_feature').float()   # (none for Wan2.2 A14B I2V)
     return out
 
 # %% ../../nbs/12_data.loader.ipynb #6fd44c60
@@ -278,7 +279,7 @@ class Collator:
         if 'latents' in samples[0]: out['latents'] = torch.stack([s['latents'] for s in samples])
         if 'first_frame_latents' in samples[0]:
             out['first_frame_latents'] = torch.stack([s['first_frame_latents'] for s in samples])
-            out['clip_features'] = torch.stack([s['clip_features'] for s in samples])
+            if 'clip_features' in samples[0]: out['clip_features'] = torch.stack([s['clip_features'] for s in samples])
         for k, v in samples[0].items():      # a dataset's own tensors (e.g. ODE trajectories) are stacked as they are
             if torch.is_tensor(v) and k not in out and k != 'text_embedding': out[k] = torch.stack([s[k] for s in samples])
         return out

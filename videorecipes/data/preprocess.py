@@ -17,7 +17,7 @@ import torch
 from tqdm.auto import tqdm
 from ..config import parse_args, parse_command, run_cli, run_subcommands, arg, require, REQUIRED, ConfigError, PreprocessArgs
 from ..videoio import atomic_path
-from ..zoo import load_components, pipeline_kind, resolve_model_path, ModelLoadError
+from ..zoo import load_components, pipeline_kind, pipeline_config, resolve_model_path, ModelLoadError
 from .video import (SampleError, DatasetError, MediaEntry, read_merged_dataset, hf_entries, load_clip,
                                      SAMPLING, REASONS)
 
@@ -80,7 +80,8 @@ class Encoders:
         if kind not in ('t2v', 'i2v'): raise ValueError(f"kind must be 't2v' or 'i2v', got {kind!r}")
         if kind == 'i2v' and pipeline_kind(model_path) != 'i2v':
             raise ModelLoadError(f"{model_path}: --model_type i2v needs an image-to-video pipeline (with image_encoder)")
-        names = ['vae', 'text_encoder', 'tokenizer'] + (['image_encoder', 'image_processor'] if kind == 'i2v' else [])
+        self.clip = kind == 'i2v' and pipeline_config(model_path)['clip']   # (Wan2.2 A14B I2V has no CLIP encoder)
+        names = ['vae', 'text_encoder', 'tokenizer'] + (['image_encoder', 'image_processor'] if self.clip else [])
         self.parts = load_components(model_path, names, dtype=text_dtype, vae_dtype=vae_dtype, image_encoder_dtype=image_dtype)
         self.kind, self.device, self.text_max_length, self.model_path = kind, torch.device(device), text_max_length, str(model_path)
         for k in ('vae', 'text_encoder', 'image_encoder'):
@@ -100,11 +101,13 @@ class Encoders:
 
     @torch.no_grad()
     def encode_condition(self, frames, # uint8 [B,T,H,W,3]: the clips whose first frame conditions I2V
+                         last:bool=False, # the last frame conditions too (Wan2.1-Fun InP): [first, zeros..., last]
                         ) -> torch.Tensor:
         "VAE latents of `[first frame, zeros...]` (T frames), as `WanImageToVideoPipeline.prepare_latents` encodes them, normalised (FastVideo's convention)."
         x = self._pixels(frames[:, :1])
         T = frames.shape[1]
-        x = torch.cat([x, x.new_zeros(x.shape[0], x.shape[1], T - 1, *x.shape[3:])], dim=2)
+        parts = [x, x.new_zeros(x.shape[0], x.shape[1], T - 1 - int(last), *x.shape[3:])] + ([self._pixels(frames[:, -1:])] if last else [])
+        x = torch.cat(parts, dim=2)
         z = self.vae.encode(x).latent_dist.mean.float().cpu()
         c = self.vae.config
         mean, std = (torch.tensor(v, dtype=torch.float32).view(1, -1, 1, 1, 1) for v in (c.latents_mean, c.latents_std))
@@ -178,7 +181,7 @@ def first_frame_normalized(shard) -> bool:
 
 # %% ../../nbs/11_data.preprocess.ipynb #a117dae3
 _COMPAT = ('model_path', 'model_type', 'num_frames', 'height', 'width', 'train_fps', 'frame_sampling', 'text_max_length',
-           'samples_per_file', 'world_size', 'vae', 'first_frame_latent')
+           'samples_per_file', 'world_size', 'vae', 'first_frame_latent', 'i2v_last_frame')
 
 def vae_info(model_path) -> dict:
     "The VAE config entries the data depends on: latent channels, scale factors and latent statistics."
@@ -202,7 +205,8 @@ def dataset_info(cfg, world_size:int=1) -> dict:
                 source=dict(data_merge_path=p.data_merge_path, dataset_path=p.dataset_path, video_column=p.hf_video_column,
                             caption_column=p.hf_caption_column, split=p.hf_split),
                 vae_precision=p.vae_precision, text_precision=p.text_precision, image_precision=p.image_precision,
-                **({'first_frame_latent': FIRST_FRAME_NORMALIZED} if cfg.model.model_type == 'i2v' else {}))
+                **({'first_frame_latent': FIRST_FRAME_NORMALIZED} if cfg.model.model_type == 'i2v' else {}),
+                **({'i2v_last_frame': True} if p.i2v_last_frame else {}))
 
 def _outputs(out):
     return list_shards(out) + sorted(out.glob('report*.json*')) + [out / n for n in ('dataset_info.json', 'empty_prompt.safetensors') if (out / n).exists()]
@@ -270,7 +274,7 @@ def _write_report(out, rank, records):
         tmp.write_text(''.join(json.dumps(r) + '\n' for r in records))
 
 # %% ../../nbs/11_data.preprocess.ipynb #6f086634
-def _encode_batch(enc, items, kind, timings):
+def _encode_batch(enc, items, kind, timings, last_frame=False):
     "Rows for a batch of (entry, clip) pairs of any frame counts."
     rows = {}
     by_t = {}
@@ -278,9 +282,9 @@ def _encode_batch(enc, items, kind, timings):
     for T, js in by_t.items():
         frames = np.stack([items[j][1].frames for j in js])
         t0 = time.perf_counter(); lat = enc.encode_video(frames)
-        cond = enc.encode_condition(frames) if kind == 'i2v' else None
+        cond = enc.encode_condition(frames, last_frame) if kind == 'i2v' else None
         _sync(enc.device); timings['vae'] += time.perf_counter() - t0
-        if kind == 'i2v':
+        if kind == 'i2v' and enc.clip:
             t0 = time.perf_counter(); feats = enc.encode_image(frames[:, 0]); _sync(enc.device); timings['image'] += time.perf_counter() - t0
         for k, j in enumerate(js):
             r = rows[j] = {}
@@ -288,7 +292,8 @@ def _encode_batch(enc, items, kind, timings):
             r['vae_latent_bytes'], r['vae_latent_shape'], r['vae_latent_dtype'] = tensor_to_bytes(lat[k].float())
             if kind == 'i2v':
                 r['first_frame_latent_bytes'], r['first_frame_latent_shape'], r['first_frame_latent_dtype'] = tensor_to_bytes(cond[k].float())
-                r['clip_feature_bytes'], r['clip_feature_shape'], r['clip_feature_dtype'] = tensor_to_bytes(feats[k].float())
+                r['clip_feature_bytes'], r['clip_feature_shape'], r['clip_feature_dtype'] = (tensor_to_bytes(feats[k].float()) if enc.clip
+                                                                                             else (b'', [], ''))   # (no CLIP: empty)
                 r['pil_image_bytes'], r['pil_image_shape'], r['pil_image_dtype'] = b'', [], ''   # empty, as FastVideo's I2V preprocessing writes them
     t0 = time.perf_counter(); embs = enc.encode_text([e.caption for e, _ in items]); _sync(enc.device)
     timings['text'] += time.perf_counter() - t0
@@ -360,7 +365,7 @@ def preprocess_dataset(cfg, # a `Config` with the `preprocess` group (see `parse
                     timings['decode'] += dt
                     if isinstance(r, SampleError): skipped.append(r.record(id=e.id))
                     else: good.append((e, r))
-                if good: rows += _encode_batch(encoders, good, kind, timings)
+                if good: rows += _encode_batch(encoders, good, kind, timings, p.i2v_last_frame)
                 pbar.update(len(batch))
             t0 = time.perf_counter()
             write_shard(out / shard_name(rank, i), rows, kind,

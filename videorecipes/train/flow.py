@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 # %% auto #0
 __all__ = ['sample_sigmas', 'add_noise', 'flow_target', 'flow_loss', 'i2v_mask', 'dit_inputs', 'dit_forward', 'step_generator',
-           'sample_generators', 'flow_matching_loss']
+           'sample_generators', 'flow_matching_loss', 'ti2v_inputs']
 
 # %% ../../nbs/40_train.flow.ipynb #948b7de2
 def sample_sigmas(n:int, # how many noise levels
@@ -55,16 +55,20 @@ def flow_loss(pred:torch.Tensor, # the DiT's output
 
 # %% ../../nbs/40_train.flow.ipynb #3d4cb5d1
 def i2v_mask(latents:torch.Tensor, # [B,C,T,h,w]
+             last=False, # the last frame is given too (Fun-InP): a bool, or a [B] bool tensor
             ) -> torch.Tensor:
-    "The 4-channel first-frame mask of Wan2.1 I2V: [B,4,T,h,w], ones on latent frame 0."
+    "The 4-channel frame mask of Wan I2V: [B,4,T,h,w], ones on latent frame 0; with `last`, on the last video frame too."
     B, _, T, h, w = latents.shape
     m = latents.new_zeros(B, 4, T, h, w)
     m[:, :, 0] = 1
+    last = torch.as_tensor(last, dtype=torch.bool).expand(B).to(m.device)
+    if T > 1: m[:, 3, -1] = last.to(m.dtype).view(B, 1, 1)   # channel k of a latent frame is its k-th video frame
     return m
 
 def dit_inputs(batch:dict, # a collated batch (see `videorecipes.data.loader.Collator`)
                noisy:torch.Tensor, # the noisy latents [B,16,T,h,w]
                sigma:torch.Tensor, # [B] noise levels
+               timestep:torch.Tensor=None, # per-token timesteps [B, tokens] (Wan2.2 TI2V); default 1000·σ per sample
               ) -> dict:
     "Keyword arguments of `WanTransformer3DModel.forward` for one batch (T2V or I2V)."
     dev, dt = noisy.device, noisy.dtype
@@ -74,14 +78,15 @@ def dit_inputs(batch:dict, # a collated batch (see `videorecipes.data.loader.Col
     kw = {}
     if 'first_frame_latents' in batch:
         cond = batch['first_frame_latents'].to(dev, dt)
-        x = torch.cat([noisy, i2v_mask(noisy), cond], dim=1)
-        kw['encoder_hidden_states_image'] = batch['clip_features'].to(dev)
-    return dict(hidden_states=x, timestep=(sigma * 1000).to(dev), encoder_hidden_states=text, return_dict=False, **kw)
+        x = torch.cat([noisy, i2v_mask(noisy, batch.get('last_frame', False)), cond], dim=1)
+        if 'clip_features' in batch: kw['encoder_hidden_states_image'] = batch['clip_features'].to(dev)   # (Wan2.2 I2V has none)
+    ts = (sigma * 1000).to(dev) if timestep is None else timestep.to(dev)
+    return dict(hidden_states=x, timestep=ts, encoder_hidden_states=text, return_dict=False, **kw)
 
 def dit_forward(dit, # a WanTransformer3DModel (or a wrapper with the same call)
-                batch:dict, noisy:torch.Tensor, sigma:torch.Tensor) -> torch.Tensor:
+                batch:dict, noisy:torch.Tensor, sigma:torch.Tensor, timestep:torch.Tensor=None) -> torch.Tensor:
     "The DiT's velocity prediction for a batch: the one place the training code calls the transformer."
-    return dit(**dit_inputs(batch, noisy, sigma))[0]
+    return dit(**dit_inputs(batch, noisy, sigma, timestep))[0]
 
 # %% ../../nbs/40_train.flow.ipynb #f5c5bfc4
 def step_generator(seed:int, step:int, micro:int=0, rank:int=0) -> torch.Generator:
@@ -99,6 +104,8 @@ def flow_matching_loss(dit, batch:dict,
                        generator, # draws σ and ε: one generator for the batch, or one per sample (`sample_generators`)
                        scheme:str='uniform', shift:float=3.0, min_timestep:int=0, max_timestep:int=1000,
                        device=None, # where to run (default: the DiT's device)
+                       expand_timesteps:bool=False, # Wan2.2 TI2V: one timestep per token
+                       i2v_ratio:float=0.0, # TI2V: chance a sample trains as I2V (clean first latent frame, its timesteps 0)
                       ) -> tuple[torch.Tensor, dict]:
     "(loss, info) of one batch: info has `sigma` [B], the per-sample `losses` [B], the prediction `pred` and the `noisy` input."
     dev = device or next(dit.parameters()).device
@@ -111,6 +118,31 @@ def flow_matching_loss(dit, batch:dict,
         sigma = sample_sigmas(x.shape[0], scheme, shift, min_timestep, max_timestep, generator)
         noise = torch.randn(x.shape, generator=generator).to(dev)
     noisy = add_noise(x, noise, sigma.to(dev))
-    pred = dit_forward(dit, batch, noisy, sigma.to(dev))
-    per = (pred.float() - flow_target(x, noise)).pow(2).flatten(1).mean(1)
-    return per.mean(), dict(sigma=sigma, losses=per.detach(), pred=pred, noisy=noisy)
+    if not expand_timesteps:
+        pred = dit_forward(dit, batch, noisy, sigma.to(dev))
+        per = (pred.float() - flow_target(x, noise)).pow(2).flatten(1).mean(1)
+        return per.mean(), dict(sigma=sigma, losses=per.detach(), pred=pred, noisy=noisy)
+    gens = generator if isinstance(generator, (list, tuple)) else [generator] * x.shape[0]
+    clean = torch.tensor([i2v_ratio > 0 and torch.rand(1, generator=g).item() < i2v_ratio for g in gens])
+    noisy, ts, keep = ti2v_inputs(x, noisy, sigma, clean, dit)
+    pred = dit_forward(dit, batch, noisy, sigma.to(dev), ts)
+    err = (pred.float() - flow_target(x, noise)).pow(2) * keep        # (the given frame is not a prediction)
+    per = err.flatten(1).sum(1) / (keep.expand_as(err).flatten(1).sum(1))
+    return per.mean(), dict(sigma=sigma, losses=per.detach(), pred=pred, noisy=noisy, i2v=clean, timestep=ts)
+
+# %% ../../nbs/40_train.flow.ipynb #1471a3de
+def ti2v_inputs(x:torch.Tensor, # clean latents [B,C,T,h,w]
+                noisy:torch.Tensor, # `add_noise(x, ...)`
+                sigma:torch.Tensor, # [B]
+                clean:torch.Tensor, # [B] bool: the first latent frame is given (I2V)
+                dit=None, # for its patch size (default (1, 2, 2))
+               ) -> tuple:
+    "(noisy with the given first frames clean, per-token timesteps [B, T·h/ph·w/pw], loss weights [B,1,T,1,1])."
+    from videorecipes.sampling import unwrap_transformer
+    pt, ph, pw = unwrap_transformer(dit).config.patch_size if dit is not None else (1, 2, 2)
+    B, _, T, h, w = x.shape
+    c = clean.to(x.device).view(B, 1, 1, 1, 1) & (torch.arange(T, device=x.device) == 0).view(1, 1, T, 1, 1)
+    noisy = torch.where(c, x, noisy)
+    ts = (sigma.to(x.device) * 1000).view(B, 1, 1, 1).expand(B, T // pt, h // ph, w // pw).clone()
+    ts[clean.to(x.device), 0] = 0
+    return noisy, ts.flatten(1), (~c).float()

@@ -15,27 +15,28 @@ from .method import FlowMatchingMethod, prepare_dit, save_backend_params
 __all__ = ['write_pipeline_folder', 'FullFinetune']
 
 # %% ../../nbs/46_train.full.ipynb #593a6940
-def _base_folder(model_path) -> Path:
-    "A local folder of the base pipeline (downloading a hub id)."
+def _base_folder(model_path, skip=('transformer',)) -> Path:
+    "A local folder of the base pipeline (downloading a hub id, without the parts in `skip`)."
     src = resolve_model_path(model_path)
     if Path(src).exists(): return Path(src)
     from huggingface_hub import snapshot_download
-    return Path(snapshot_download(src, ignore_patterns=['transformer/*', 'transformer_2/*']))
+    return Path(snapshot_download(src, ignore_patterns=[f'{s}/*' for s in skip]))
 
 def write_pipeline_folder(base, # the base pipeline: folder or hub id (its other components are copied)
-                          transformer, # the trained `WanTransformer3DModel`
+                          transformer, # the trained `WanTransformer3DModel`, or {subfolder: model} (Wan2.2: 'transformer', 'transformer_2')
                           out, # the folder to write (replaced atomically)
                           edit=None, # edit(folder): more changes inside the folder before it is put in place (e.g. a scheduler)
                          ) -> Path:
-    "A complete diffusers pipeline folder: `base` with its `transformer/` replaced by `transformer`."
+    "A complete diffusers pipeline folder: `base` with its `transformer/` (and/or `transformer_2/`) replaced; the rest copied."
     from videorecipes.sampling import unwrap_transformer
-    base, out = _base_folder(base), Path(out)
+    new = transformer if isinstance(transformer, dict) else {'transformer': transformer}
+    base, out = _base_folder(base, tuple(new)), Path(out)
     if not (base / 'model_index.json').exists(): raise FileNotFoundError(f"{base}: no model_index.json (not a diffusers pipeline folder)")
     with atomic_dir(out) as tmp:
         for p in base.iterdir():
-            if p.name in ('transformer', 'transformer_2') or p.name.startswith('.'): continue
+            if p.name in new or p.name.startswith('.'): continue   # (an untrained Wan2.2 expert is copied)
             (shutil.copytree if p.is_dir() else shutil.copy2)(p, tmp / p.name)
-        unwrap_transformer(transformer).save_pretrained(tmp / 'transformer', safe_serialization=True)
+        for sub, m in new.items(): unwrap_transformer(m).save_pretrained(tmp / sub, safe_serialization=True)
         if edit is not None: edit(tmp)
     return out
 
@@ -44,14 +45,18 @@ class FullFinetune(FlowMatchingMethod):
     name = 'full'
     def setup(self, device):
         self.device = torch.device(device)
-        self.dit = load_transformer(self.cfg.model.model_path, dtype=self.cfg.model.dit_precision).to(self.device)
+        self.dit = load_transformer(self.cfg.model.model_path, self.cfg.model.dit_precision, self.subfolder).to(self.device)
         self.dit.requires_grad_(True)
         prepare_dit(self.dit, self.cfg)
 
+    def export_final(self):
+        "The trained DiT, whole, on rank 0 (None elsewhere): a collective under torchrun."
+        from videorecipes.parallel.parallelize import export_transformer
+        return export_transformer(self.dit)
+
     def save_final(self, folder):
         "The pipeline folder, written by rank 0 from the gathered (unsharded) weights; an attention backend's own parameters beside it."
-        from videorecipes.parallel.parallelize import export_transformer
-        plain = export_transformer(self.dit)   # collective under torchrun; None on ranks other than 0
-        out = write_pipeline_folder(self.cfg.model.model_path, plain, folder) if plain is not None else Path(folder)
+        plain = self.export_final()   # collective under torchrun; None on ranks other than 0
+        out = write_pipeline_folder(self.cfg.model.model_path, {self.subfolder: plain}, folder) if plain is not None else Path(folder)
         save_backend_params(self.dit, out, self.cfg.engine.attention_backend)   # (collective too)
         return out

@@ -31,7 +31,7 @@ class LoraFinetune(FlowMatchingMethod):
         from peft.utils import get_peft_model_state_dict
         self.device = torch.device(device)
         # loading in the training dtype keeps the modules diffusers wants in fp32 (norms, time embedding) in fp32
-        dit = load_transformer(self.cfg.model.model_path, dtype=_TRAIN_DTYPE[self.cfg.optimizer.mixed_precision])
+        dit = load_transformer(self.cfg.model.model_path, _TRAIN_DTYPE[self.cfg.optimizer.mixed_precision], self.subfolder)
         dit.requires_grad_(False).to(self.device)
         try: dit.add_adapter(lora_config(self.cfg))
         except ValueError as e:

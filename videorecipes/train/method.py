@@ -142,12 +142,18 @@ def prepare_dit(dit, cfg:Config):
 
 class FlowMatchingMethod(TrainingMethod):
     "A DiT (role 'student') trained with Wan's flow-matching loss; subclasses choose what in it trains."
+    subfolder = 'transformer'   # which DiT of the pipeline (a Wan2.2 A14B low-noise expert: 'transformer_2')
+    timestep_range = None       # (min, max) timesteps it trains on (None: --min_timestep, --max_timestep)
     def networks(self): return [Network('student', self.dit)]
     def flow(self, batch:dict, step:int, micro:int=0) -> tuple:
         "(loss, info) of the flow-matching objective on `batch`, with this run's timestep schedule and per-sample noise."
-        t = self.cfg.training
+        from videorecipes.zoo import pipeline_config
+        t, m = self.cfg.training, self.cfg.model
+        if not hasattr(self, '_pc'): self._pc = pipeline_config(m.model_path)
+        lo, hi = self.timestep_range or (t.min_timestep, t.max_timestep)
+        ratio = m.i2v_ratio if m.i2v_ratio is not None else float(m.model_type == 'i2v')
         return flow_matching_loss(self.dit, batch, sample_generators(t.seed, step, micro, batch['indices']), t.weighting_scheme,
-                                  t.discrete_flow_shift, t.min_timestep, t.max_timestep, self.device)
+                                  t.discrete_flow_shift, lo, hi, self.device, self._pc['expand_timesteps'], ratio)
     def loss(self, batch, step, micro=0, opt='main'):
         from videorecipes.parallel.attention import attention_logs
         loss, info = self.flow(batch, step, micro)
@@ -161,7 +167,14 @@ def register_method(name:str, cls, # a `TrainingMethod` subclass, or 'module:Cla
 
 def method_from_config(cfg:Config) -> TrainingMethod:
     "The method `cfg` asks for (`--method`, else `--lora_training True` → lora, `--ff` → selective, else full)."
-    return resolve_plugin('method', method_name(cfg))(cfg)
+    from videorecipes.zoo import pipeline_config
+    cls, m = resolve_plugin('method', method_name(cfg)), cfg.model
+    if pipeline_config(m.model_path)['experts'] == 2:      # Wan2.2 A14B: the method once per trained expert
+        from videorecipes.train.experts import TwoExperts
+        return TwoExperts(cfg, cls)
+    if m.train_expert is not None or m.offload_inactive_dit or m.boundary_ratio is not None:
+        raise ConfigError(f"--train_expert, --boundary_ratio and --offload_inactive_dit are for two-expert models (Wan2.2 A14B); {m.model_path} has one DiT")
+    return cls(cfg)
 
 # %% ../../nbs/41_train.method.ipynb #9f01292c
 BACKEND_FILE = 'attention_backend.safetensors'

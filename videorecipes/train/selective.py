@@ -409,7 +409,7 @@ class SelectiveFinetune(FlowMatchingMethod):
         c = self.cfg; s, x = c.selective, c.selective_extra
         if s.ff is None: raise ConfigError("SelectiveFinetune needs --ff (the share of the DiT to train)")
         self.device = torch.device(device)
-        dit = load_transformer(c.model.model_path, dtype=c.model.dit_precision).requires_grad_(False)
+        dit = load_transformer(c.model.model_path, c.model.dit_precision, self.subfolder).requires_grad_(False)
         self.selection = sel = select(dit, s.ff, s.ffid, tuple(x.ff_kinds), x.ff_seed)
         self.model_hash = model_hash(dit.config)
         if getattr(self, 'rank', 0) == 0:
@@ -467,17 +467,24 @@ def _save_slice(self:SelectiveFinetune, path) -> Path:
     idx, vals = self.proxies.idx, self.proxies.values
     return save_slice(path, {n: idx[n] for n in vals}, {n: vals[n] for n in vals}, **self.slice_meta())
 
-def _sel_save_final(self:SelectiveFinetune, folder):
-    from videorecipes.train.full import write_pipeline_folder
+def _sel_export_final(self:SelectiveFinetune):
+    "The DiT with the trained slice written in, whole on the CPU, on rank 0 (every rank holds the same slice; None elsewhere)."
     from videorecipes.parallel.parallelize import export_transformer
     from videorecipes.parallel.mesh import is_main
-    if not is_main(): return Path(folder)      # (every rank holds the same slice: rank 0 writes)
+    if not is_main(): return None
     if self.swapper is not None: self.swapper.remove(); self.swapper = None
     self.proxies.write()
     self.dit.to('cpu')
-    out = write_pipeline_folder(self.cfg.model.model_path, export_transformer(self.dit), folder)
+    return export_transformer(self.dit)
+
+def _sel_save_final(self:SelectiveFinetune, folder):
+    from videorecipes.train.full import write_pipeline_folder
+    plain = self.export_final()
+    if plain is None: return Path(folder)
+    out = write_pipeline_folder(self.cfg.model.model_path, {self.subfolder: plain}, folder)
     self.save_slice(Path(out) / 'slice.safetensors')
     save_backend_params(self.dit, out, self.cfg.engine.attention_backend)
     return out
 
-SelectiveFinetune.slice_meta, SelectiveFinetune.save_slice, SelectiveFinetune.save_final = _slice_meta, _save_slice, _sel_save_final
+SelectiveFinetune.slice_meta, SelectiveFinetune.save_slice, SelectiveFinetune.export_final = _slice_meta, _save_slice, _sel_export_final
+SelectiveFinetune.save_final = _sel_save_final

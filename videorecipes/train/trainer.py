@@ -274,8 +274,9 @@ class Validator:
                  sigmas:list=None, # a few-step student's noise levels (`sampling.few_step_scheduler`)
                  guidance_scale:float=None, # default --validation_guidance_scale
                  sampler_cls=None, # what samples (default `sampling.Sampler`; a causal student's: `recipes.self_forcing.CausalSampler`)
+                 transformer_2=None, # Wan2.2 A14B: the low-noise expert, or a function returning it
                 ):
-        self.cfg, self.device, self.transformer, self.subdir = cfg, device, transformer, subdir
+        self.cfg, self.device, self.transformer, self.subdir, self.transformer_2 = cfg, device, transformer, subdir, transformer_2
         self.sigmas, self.guidance_scale, self.sampler_cls = sigmas, guidance_scale, sampler_cls
         self.entries = read_validation_prompts(cfg.validation.validation_dataset_file)
         self.sampler = self.embeds = None
@@ -284,7 +285,9 @@ class Validator:
         "Load the pipeline parts once, in the training precision; encode the prompts; release the text encoder."
         from videorecipes.sampling import Sampler
         c, v = self.cfg, self.cfg.validation
-        self.sampler = (self.sampler_cls or Sampler)(c.model.model_path, transformer=dit, text_dtype=_TRAIN_DTYPE[c.optimizer.mixed_precision], device=self.device)
+        kw = dict(transformer_2=self._dit2()) if self.transformer_2 is not None else {}
+        self.sampler = (self.sampler_cls or Sampler)(c.model.model_path, transformer=dit, text_dtype=_TRAIN_DTYPE[c.optimizer.mixed_precision],
+                                                     device=self.device, **kw)
         if self.sampler.kind == 'i2v' and any('image_path' not in e for e in self.entries):
             raise ConfigError(f"--validation_dataset_file {v.validation_dataset_file}: an I2V model needs 'image_path' in every entry")
         self.images = [_load_image(e['image_path']) for e in self.entries] if self.sampler.kind == 'i2v' else None
@@ -299,6 +302,7 @@ def _validate(self:Validator, step:int, metrics:MetricsLog=None) -> list[Path]:
     c, t, v = self.cfg, self.cfg.training, self.cfg.validation
     dit = self.transformer() if callable(self.transformer) and not isinstance(self.transformer, torch.nn.Module) else self.transformer
     if self.sampler is None: self._prepare(dit)
+    kw = dict(transformer_2=self._dit2()) if self.transformer_2 is not None else {}
     prompts = [e['caption'] for e in self.entries]
     devs = [torch.device(self.device)] if torch.device(self.device).type == 'cuda' else []
     with torch.random.fork_rng(devices=devs), autocast(c, self.device):
@@ -306,13 +310,14 @@ def _validate(self:Validator, step:int, metrics:MetricsLog=None) -> list[Path]:
                                      num_inference_steps=v.validation_sampling_steps, sigmas=self.sigmas,
                                      guidance_scale=v.validation_guidance_scale if self.guidance_scale is None else self.guidance_scale,
                                      seed=t.seed, images=self.images, transformer=dit, max_sequence_length=c.data.text_max_length,
-                                     embeds=self.embeds)
+                                     embeds=self.embeds, **kw)
     if not is_main(): return []
     paths = save_videos(vids, Path(t.output_dir) / self.subdir / f'step-{step:06d}', prompts, seed=t.seed, fps=c.trainer.validation_fps)
     if metrics is not None:
         for i, vid in enumerate(vids): metrics.image(f'{self.subdir}/{i:02d}', _strip(vid), step)
     return paths
 Validator.__call__ = _validate
+Validator._dit2 = lambda self: self.transformer_2() if callable(self.transformer_2) and not isinstance(self.transformer_2, torch.nn.Module) else self.transformer_2
 
 # %% ../../nbs/44_train.trainer.ipynb #50b7fcdd
 def _checkpoint_parts(method, loop, loader, cfg):
