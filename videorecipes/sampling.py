@@ -16,8 +16,8 @@ from .config import arg, require, REQUIRED, parse_command, run_cli
 
 # %% auto #0
 __all__ = ['MODEL_INFO_FILE', 'SCHEDULE_FILE', 'unwrap_transformer', 'Sampler', 'write_model_info', 'model_text_length',
-           'few_step_scheduler', 'read_few_step_schedule', 'save_videos', 'GenerateArgs', 'generate_cli',
-           'generate_main']
+           'few_step_scheduler', 'read_few_step_schedule', 'save_videos', 'GenerateArgs', 'load_adapters',
+           'generate_cli', 'generate_main']
 
 # %% ../nbs/04_sampling.ipynb #b5289372
 def unwrap_transformer(model):
@@ -270,6 +270,23 @@ def _few_step_sigmas(a:GenerateArgs, path) -> Optional[list]:
     if sigmas: print(f"few-step sampling: {len(sigmas)} steps at σ = {', '.join(f'{x:.4f}' for x in sigmas)}")
     return sigmas
 
+# %% ../nbs/04_sampling.ipynb #5d0cca7e
+def load_adapters(sampler:Sampler, path) -> list[str]:
+    "Load a LoRA (a folder or file) into the sampler's DiT, or a two-expert run's adapters into both experts; returns what was loaded."
+    p = Path(path)
+    if not (p / 'experts.json').is_file():
+        sampler.pipeline().load_lora_weights(str(p)); return [str(p)]
+    if sampler.config['experts'] != 2: raise ValueError(f"{p}: adapters for two experts (Wan2.2 A14B), but {sampler.model_path} has one DiT")
+    try: info = json.loads((p / 'experts.json').read_text())
+    except json.JSONDecodeError as e: raise ValueError(f"{p / 'experts.json'}: not valid JSON ({e})") from None
+    if isinstance(info.get('boundary_ratio'), (int, float)): sampler.config['boundary_ratio'] = float(info['boundary_ratio'])
+    done = []
+    for sub in ('transformer', 'transformer_2'):
+        if (p / sub).is_dir():
+            sampler.pipeline().load_lora_weights(str(p / sub), adapter_name=sub, load_into_transformer_2=sub == 'transformer_2')
+            done.append(str(p / sub))
+    return done
+
 # %% ../nbs/04_sampling.ipynb #c38c0f16
 def generate_cli(argv=None) -> list[Path]:
     "`videorecipes-generate --prompt ... [--tiny t2v|i2v | --model_path M]`: write the videos, return their paths."
@@ -286,7 +303,7 @@ def generate_cli(argv=None) -> list[Path]:
     s = Sampler(path, transformer=load_transformer(path, dtype=a.dtype).to(device), device=device)
     if a.lora_checkpoint_dir:
         require(Path(a.lora_checkpoint_dir).exists(), f"--lora_checkpoint_dir {a.lora_checkpoint_dir}: not found")
-        s.pipeline().load_lora_weights(a.lora_checkpoint_dir)
+        load_adapters(s, a.lora_checkpoint_dir)
     backend = a.attention_backend or ('radial' if a.pattern == 'radial' else 'sdpa')
     if backend == 'vsa':
         from videorecipes.kernels.vsa import apply_vsa
