@@ -113,3 +113,27 @@ def test_fun_inp_first_and_last_frame(root):
     assert not torch.allclose(a['first_frame_latents'][:, -1], b['first_frame_latents'][:, -1], atol=1e-3)
     r = train(parse_args(_flags(zoo, last, root / 'fun', '--model_type', 'i2v', '--lora_training', 'True', '--lora_rank', 4)), progress=False)
     assert all(np.isfinite(v) for v in r.losses.values()) and (root / 'fun' / 'final' / 'pytorch_lora_weights.safetensors').exists()
+
+
+@pytest.mark.cuda
+def test_offloaded_expert_waits_in_cpu_memory_on_a_gpu(root):
+    "On a GPU: with --offload_inactive_dit the idle expert's weights and Adam state are in (pinned) CPU memory, the active one's on the GPU; same weights as without."
+    if not torch.cuda.is_available(): pytest.skip("needs a CUDA GPU")
+    zoo = tiny_zoo('wan2.2-t2v')
+    data = _data(root, 't2v', tiny_zoo('t2v'))
+    flags = lambda out, *x: _flags(zoo, data, out, '--boundary_ratio', 0.5, '--max_train_steps', 6, '--checkpointing_steps', 0, *x)
+    seen = []
+    def watch(step, loss):
+        m = r_method[0]
+        for e, inner in m.experts.items():
+            seen.append((e == m.residency.active, next(inner.dit.parameters()).device.type))
+    r_method = []
+    from videorecipes.train.method import method_from_config
+    cfg = parse_args(flags(root / 'gpu-off', '--offload_inactive_dit', 'True'))
+    r_method.append(method_from_config(cfg))
+    train(cfg, method=r_method[0], progress=False, on_step=watch)
+    assert seen and all((dev == 'cuda') == active for active, dev in seen), seen
+    train(parse_args(flags(root / 'gpu-on')), progress=False)
+    for sub in ('transformer', 'transformer_2'):
+        a, b = (load_transformer(root / d / 'final', 'fp32', sub).state_dict() for d in ('gpu-off', 'gpu-on'))
+        assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a), sub
