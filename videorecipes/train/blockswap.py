@@ -7,7 +7,26 @@ from __future__ import annotations
 import torch
 
 # %% auto #0
-__all__ = ['BlockSwapper']
+__all__ = ['pinned_block', 'as_views', 'BlockSwapper']
+
+# %% ../../nbs/49_train.blockswap.ipynb #750181ec
+def pinned_block(tensors:list, # one block's parameters and buffers
+                 pin:bool=False, # page-lock the buffer (for asynchronous copies to a GPU)
+                ) -> tuple:
+    "(one CPU byte buffer holding `tensors`, each at a 64-byte aligned offset, and their views into it, shaped and typed like them)."
+    offs, o = [], 0
+    for t in tensors:
+        offs.append(o); o += -(-t.numel() * t.element_size() // 64) * 64
+    buf = torch.empty(max(o, 1), dtype=torch.uint8)
+    if pin and torch.cuda.is_available():
+        # one page-locked range, registered as it is: the pinned allocator would round each allocation up to a power of two
+        if torch.cuda.cudart().cudaHostRegister(buf.data_ptr(), buf.numel(), 0) != 0: buf = buf.pin_memory()
+    views = [as_views(buf, offs, tensors)[i].copy_(t.detach()) for i, t in enumerate(tensors)]
+    return buf, views, offs
+
+def as_views(buf, offs, like) -> list:
+    "Views of byte buffer `buf` at offsets `offs`, with the dtypes and shapes of the tensors `like`."
+    return [buf[o:o + t.numel() * t.element_size()].view(t.dtype).view(t.shape) for o, t in zip(offs, like)]
 
 # %% ../../nbs/49_train.blockswap.ipynb #9d024040
 class BlockSwapper:
@@ -32,14 +51,13 @@ class BlockSwapper:
             if name != 'blocks': child.to(self.device)
         for t in list(dit._parameters.values()) + list(dit._buffers.values()):
             if t is not None: t.data = t.data.to(self.device)
-        self.master = {}
+        self.master, self.flat = {}, {}   # block -> [(tensor, its CPU master view)]; block -> (CPU buffer, offsets)
         for i, b in enumerate(dit.blocks):
             if i not in sw: b.to(self.device); continue
             ts = [t for t in list(b.parameters()) + list(b.buffers())]
-            for t in ts:
-                t.data = t.data.to('cpu')
-                if pin: t.data = t.data.pin_memory()
-            self.master[i] = [(t, t.data) for t in ts]
+            buf, views, offs = pinned_block([t.data.to('cpu') for t in ts], pin)
+            for t, v in zip(ts, views): t.data = v
+            self.master[i], self.flat[i] = [(t, v) for t, v in zip(ts, views)], (buf, offs)
         self.resident = {}   # block index -> (device tensors, cuda event or None, installed)
         self.phase = 'forward'
         self.stream = torch.cuda.Stream(self.device) if self.cuda else None
@@ -53,10 +71,13 @@ class BlockSwapper:
         if i in self.resident: return
         if self.cuda:
             self.stream.wait_stream(torch.cuda.current_stream(self.device))
-            with torch.cuda.stream(self.stream):
-                dev = [m.to(self.device, non_blocking=True) for _, m in self.master[i]]
+            with torch.cuda.stream(self.stream):   # one copy of the block's buffer
+                buf, offs = self.flat[i]
+                dev = as_views(buf.to(self.device, non_blocking=True), offs, [m for _, m in self.master[i]])
                 ev = torch.cuda.Event(); ev.record(self.stream)
-        else: dev, ev = [m.clone() for _, m in self.master[i]], None
+        else:
+            buf, offs = self.flat[i]
+            dev, ev = as_views(buf.clone(), offs, [m for _, m in self.master[i]]), None
         self.resident[i] = [dev, ev, False]
         self.stats['copies'] += 1; self.stats['prefetched'] += ahead
 
