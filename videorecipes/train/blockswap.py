@@ -4,6 +4,7 @@
 
 # %% ../../nbs/49_train.blockswap.ipynb #e2e48dca
 from __future__ import annotations
+import weakref
 import torch
 
 # %% auto #0
@@ -20,7 +21,9 @@ def pinned_block(tensors:list, # one block's parameters and buffers
     buf = torch.empty(max(o, 1), dtype=torch.uint8)
     if pin and torch.cuda.is_available():
         # one page-locked range, registered as it is: the pinned allocator would round each allocation up to a power of two
-        if torch.cuda.cudart().cudaHostRegister(buf.data_ptr(), buf.numel(), 0) != 0: buf = buf.pin_memory()
+        rt = torch.cuda.cudart()
+        if rt.cudaHostRegister(buf.data_ptr(), buf.numel(), 0) != 0: buf = buf.pin_memory()
+        else: weakref.finalize(buf, rt.cudaHostUnregister, buf.data_ptr())   # (pageable again when the swapper lets go of it)
     views = [as_views(buf, offs, tensors)[i].copy_(t.detach()) for i, t in enumerate(tensors)]
     return buf, views, offs
 
