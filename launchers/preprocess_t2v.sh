@@ -19,8 +19,8 @@ export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 OUT=${OUT:-outputs/data/$KIND}
 NUM_GPUS=${NUM_GPUS:-1}
 flags=()
-if [ -z "${MODEL_PATH:-}" ]; then            # the tiny zoo (built on first use) at its own size
-  MODEL_PATH=$(python -c "from videorecipes.zoo import tiny_zoo; print(tiny_zoo('$KIND'))")
+if [ -z "${MODEL_PATH:-}" ]; then            # the tiny zoo (built on first use; TINY_KIND, default KIND) at its own size
+  MODEL_PATH=$(python -c "from videorecipes.zoo import tiny_zoo; print(tiny_zoo('${TINY_KIND:-$KIND}'))")
   NUM_FRAMES=${NUM_FRAMES:-17}; HEIGHT=${HEIGHT:-64}; WIDTH=${WIDTH:-64}
   flags+=(--text_precision fp32 --samples_per_file 8)
 fi
