@@ -27,7 +27,17 @@ S^2 attention), 849 TFLOP per training step; 45% MFU on an H100 (989 dense bf16 
 """
 import argparse, json, math, os, sys, time
 
-PEAK_BF16 = {'H100': 989e12, 'H200': 989e12, 'A100': 312e12, 'L40S': 362e12, 'B200': 2250e12}   # dense bf16 FLOP/s
+# dense bf16 FLOP/s by the exact name `torch.cuda.get_device_name()` reports: an H100 PCIe is not an SXM H100
+PEAK_BF16 = {'NVIDIA H100 80GB HBM3': 989e12, 'NVIDIA H100 PCIe': 756e12, 'NVIDIA H100 NVL': 835e12, 'NVIDIA H200': 989e12,
+             'NVIDIA H200 NVL': 835e12, 'NVIDIA GH200 480GB': 989e12, 'NVIDIA A100-SXM4-80GB': 312e12, 'NVIDIA A100-SXM4-40GB': 312e12,
+             'NVIDIA A100 80GB PCIe': 312e12, 'NVIDIA A100-PCIE-40GB': 312e12, 'NVIDIA L40S': 362e12, 'NVIDIA B200': 2250e12}
+
+
+def peak_for(gpu:str, override_tflops=None):
+    "(the table entry used, or why none, and its peak dense bf16 FLOP/s or None): exact names only."
+    if override_tflops: return f'--peak_tflops {override_tflops}', override_tflops * 1e12
+    if gpu in PEAK_BF16: return gpu, PEAK_BF16[gpu]
+    return f'none: {gpu!r} is not in PEAK_BF16 (pass --peak_tflops)', None
 
 
 def forward_flops(cfg:dict, frames:int, height:int, width:int, text_len:int=512) -> dict:
@@ -100,11 +110,12 @@ def main(argv=None):
     step_s = sorted(times)[len(times) // 2]
     train_flops = 3 * fl['total'] / dims.sp          # each SP rank does 1/sp of the sample's work
     gpu = torch.cuda.get_device_name() if device.startswith('cuda') else 'cpu'
-    peak = a.peak_tflops * 1e12 if a.peak_tflops else next((v for k, v in PEAK_BF16.items() if k in gpu), None)
+    peak_entry, peak = peak_for(gpu, a.peak_tflops)
+    if is_main(): print(f'peak bf16 FLOP/s from: {peak_entry}')
     res = dict(model='tiny' if a.tiny else a.model, device=gpu, world=world, sp=a.sp_size, params=n_params, tokens=fl['tokens'],
                checkpointing=a.checkpointing, every_n=a.every_n, compile=a.compile_blocks, median_step_s=step_s,
                tokens_per_s_per_gpu=fl['tokens'] / dims.sp / step_s, train_tflop_per_step_per_gpu=train_flops / 1e12,
-               achieved_tflops_per_gpu=train_flops / step_s / 1e12, peak_tflops=peak / 1e12 if peak else None,
+               achieved_tflops_per_gpu=train_flops / step_s / 1e12, peak_tflops=peak / 1e12 if peak else None, peak_entry=peak_entry,
                mfu=train_flops / step_s / peak if peak else None,
                peak_memory_gib=torch.cuda.max_memory_allocated() / 2**30 if device.startswith('cuda') else None)
     if is_main():

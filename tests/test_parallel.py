@@ -313,3 +313,15 @@ def test_fsdp_cpu_offload_in_one_process_is_an_error(monkeypatch):
     monkeypatch.setattr(torch.cuda, 'is_available', lambda: True)      # (past the CPU-only check, to the one-process one)
     cfg = parse_args(['--fsdp_cpu_offload', 'True', '--mixed_precision', 'no'])
     with pytest.raises(ConfigError, match='a single process shards nothing'): parallelize_wan(load_transformer(tiny_zoo('t2v'), 'fp32'), ParallelDims(), cfg)
+
+
+def test_bench_mfu_peak_table_is_exact():
+    "An H100 PCIe is not matched to the SXM H100's peak; an unknown GPU gets none and says so; --peak_tflops wins."
+    import importlib.util
+    spec = importlib.util.spec_from_file_location('bench_mfu', Path(__file__).parents[1] / 'launchers' / 'bench_mfu.py')
+    b = importlib.util.module_from_spec(spec); spec.loader.exec_module(b)
+    assert b.peak_for('NVIDIA H100 80GB HBM3') == ('NVIDIA H100 80GB HBM3', 989e12)
+    assert b.peak_for('NVIDIA H100 PCIe')[1] == 756e12
+    entry, peak = b.peak_for('NVIDIA H100 something new')
+    assert peak is None and 'not in PEAK_BF16' in entry
+    assert b.peak_for('NVIDIA H100 PCIe', 500.0) == ('--peak_tflops 500.0', 500e12)

@@ -311,7 +311,7 @@ EXAMPLES['Wan2.1-Fun-1.3B-InP/crush_smol'] = dict(
            "FastVideo has no LoRA script for this model: `finetune_i2v_lora.sh` keeps the full recipe's data settings with the guide's "
            "LoRA rule (rank 32, ten times the learning rate: 2e-4), on 1 GPU like the T2V 1.3B LoRA.",
            "FastVideo's full script also sets `--tp_size 4`; here `--num_gpus` is sp x tp x data parallel, so it is left out.",
-           "The CPU twin runs on the tiny zoo of kind `i2v` (the row's `tiny`)."])
+           "The CPU twin runs on the tiny zoo of kind `fun-inp` (the row's `tiny`): the I2V layout, trained here with first-frame conditioning."])
 
 # %% ../../nbs/45_train.cli.ipynb #62fa0dc8
 _VSA = LAUNCHERS['finetune_vsa_t2v']['flags']

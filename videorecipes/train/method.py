@@ -167,9 +167,11 @@ def register_method(name:str, cls, # a `TrainingMethod` subclass, or 'module:Cla
 
 def method_from_config(cfg:Config) -> TrainingMethod:
     "The method `cfg` asks for (`--method`, else `--lora_training True` → lora, `--ff` → selective, else full)."
-    from videorecipes.zoo import pipeline_config
+    from videorecipes.zoo import pipeline_config, ModelLoadError
     cls, m = resolve_plugin('method', method_name(cfg)), cfg.model
-    if pipeline_config(m.model_path)['experts'] == 2:      # Wan2.2 A14B: the method once per trained expert
+    try: experts = pipeline_config(m.model_path)['experts']
+    except ModelLoadError: experts = 1                     # (a folder that is not a pipeline: the data check or setup says so)
+    if experts == 2:                                       # Wan2.2 A14B: the method once per trained expert
         from videorecipes.train.experts import TwoExperts
         return TwoExperts(cfg, cls)
     if m.train_expert is not None or m.offload_inactive_dit or m.boundary_ratio is not None:
