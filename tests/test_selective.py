@@ -317,3 +317,13 @@ def test_autocast_keeps_no_stale_casts_of_slice_tensors():
         return torch.equal(a, b)
     assert twice(parse_args(['--mixed_precision', 'bf16']))                     # the cache: the second call used the stale copy
     assert not twice(parse_args(['--mixed_precision', 'bf16', '--ff', '0.1']))  # no cache with slices: it sees the new data
+
+
+def test_slices_take_the_attention_backend_and_compile(data, tmp_path):
+    "--attention_backend and --compile_blocks with --ff are applied to the sliced DiT (one process's plan on every rank), not ignored."
+    from videorecipes.train.method import method_from_config
+    from videorecipes.parallel.mesh import ParallelDims
+    cfg = _cfg(data, tmp_path / 'radial', '--pattern', 'radial', '--decay_factor', 0.2, '--radial_block_size', 16, '--compile_blocks', 'True')
+    m = method_from_config(cfg); m.setup('cpu'); m.parallelize(ParallelDims())
+    assert type(m.dit._vr_attn.backend).__name__.lower().startswith('radial'), m.dit._vr_attn.backend
+    assert all(getattr(b, '_compiled_call_impl', None) is not None for b in m.dit.blocks)

@@ -22,7 +22,7 @@ from .checkpoint import (list_checkpoints, resolve_checkpoint, save_checkpoint, 
 # %% auto #0
 __all__ = ['make_optimizer', 'make_scheduler', 'autocast', 'NonFiniteLossError', 'OptimizerState', 'Loop', 'MetricsLog',
            'read_metrics', 'read_validation_prompts', 'Validator', 'TrainResult', 'endless_batches', 'train',
-           'UnhealthyRunError', 'plot_losses', 'validation_viewer']
+           'UnhealthyRunError', 'state_bytes', 'check_memory_plan', 'plot_losses', 'validation_viewer']
 
 # %% ../../nbs/44_train.trainer.ipynb #2d9310ec
 _OPT_KW = dict(adam_beta1='betas', adam_beta2='betas', adam_eps='eps', weight_decay='weight_decay')
@@ -441,6 +441,7 @@ def train(cfg:Config, # a validated `Config` (see `parse_args`)
         get_attention_backend(attention_backend_name(cfg), cfg)       # an unknown backend fails before any model loads
         loader = method.build_loader(dims)                             # so does data that does not match the flags
         if cfg.validation.log_validation: read_validation_prompts(cfg.validation.validation_dataset_file)   # and a bad prompt file
+        check_memory_plan(cfg, dims, device)                           # and a plan the GPUs cannot hold
         method.setup(device)
         method.parallelize(dims)
         loop = Loop(method, cfg, dims, device)
@@ -517,6 +518,41 @@ def _check_health(method, step, res, last_ck, state:dict):
     if why and state['bad'] == 1 and is_main(): tqdm.write(f"step {step}: {why}")
     if why and 0 < method.health_patience <= state['bad']:
         raise UnhealthyRunError(f"{why} at step {step}, {state['bad']} logged steps in a row; stopping. Last good checkpoint: {last_ck or 'none yet'}")
+
+# %% ../../nbs/44_train.trainer.ipynb #48ef5218
+def state_bytes(cfg:Config, n_params:int, # parameters of one DiT
+                dims:ParallelDims, experts:int=1, # DiTs loaded on the GPU at once
+               ) -> Optional[int]:
+    "Bytes one GPU needs at least for the DiT's weights, gradients and optimizer state under `cfg` (None: not estimated here)."
+    from videorecipes.config import method_name
+    m, o = method_name(cfg), cfg.optimizer
+    if cfg.engine.fsdp_cpu_offload or m not in ('full', 'lora', 'vsa_finetune'): return None
+    split = dims.dp_shard * dims.sp * dims.tp
+    if m == 'lora': per = 4 if o.mixed_precision == 'no' else 2                     # the frozen base in the training dtype
+    else: per = 4 * (4 if cfg.model.dit_precision == 'fp32' else 2)                 # weights, gradients, two AdamW moments
+    return experts * n_params * per // split
+
+def check_memory_plan(cfg:Config, dims:ParallelDims, device, gpu_bytes:int=None, # default: the device's total memory
+                     ):
+    "Refuse (ConfigError) a plan whose `state_bytes` exceed the GPU's memory, before anything loads; a no-op on CPUs."
+    from videorecipes.zoo import pipeline_config, transformer_config, count_parameters, resolve_model_path, ModelLoadError, WAN_MODELS
+    if gpu_bytes is None:
+        if torch.device(device).type != 'cuda': return
+        gpu_bytes = torch.cuda.get_device_properties(torch.device(device)).total_memory
+    try:
+        from diffusers import WanTransformer3DModel
+        pc, src = pipeline_config(cfg.model.model_path), resolve_model_path(cfg.model.model_path)
+        conf = (WanTransformer3DModel.load_config(src, subfolder='transformer') if Path(src).exists() else
+                next(transformer_config(n) for n, s in WAN_MODELS.items() if s.hub_id == src))
+    except (ModelLoadError, StopIteration, OSError, ValueError): return     # (setup names a bad folder)
+    n = count_parameters({k: v for k, v in conf.items() if not k.startswith('_')})
+    loaded = 1 if pc['experts'] == 1 or cfg.model.offload_inactive_dit or cfg.model.train_expert in ('high', 'low') else 2
+    need = state_bytes(cfg, n, dims, loaded)
+    if need is not None and need > gpu_bytes:
+        raise ConfigError(f"--model_path {cfg.model.model_path}: {n / 1e9:.2f}B parameters x {loaded} need at least {need / 2**30:.0f} GiB per GPU for "
+                          f"weights, gradients and optimizer state across {dims.dp_shard * dims.sp * dims.tp} shard(s), and a GPU has "
+                          f"{gpu_bytes / 2**30:.0f} GiB: use more GPUs (--num_gpus), --fsdp_cpu_offload True, --dit_precision bf16, "
+                          "LoRA (--lora_training True) or slices (--ff)")
 
 # %% ../../nbs/44_train.trainer.ipynb #a648fdd5
 def plot_losses(output_dir, # a run's output folder
