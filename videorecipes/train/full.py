@@ -12,7 +12,15 @@ from ..zoo import load_transformer, resolve_model_path
 from .method import FlowMatchingMethod, prepare_dit, save_backend_params
 
 # %% auto #0
-__all__ = ['write_pipeline_folder', 'FullFinetune']
+__all__ = ['load_device', 'write_pipeline_folder', 'FullFinetune']
+
+# %% ../../nbs/46_train.full.ipynb #c8cf7053
+def load_device(device) -> torch.device:
+    "Where a trained DiT is loaded: the CPU when it will be sharded across GPUs (world > 1), else `device`."
+    import torch.distributed as dist
+    device = torch.device(device)
+    sharded = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+    return torch.device('cpu') if sharded and device.type == 'cuda' else device
 
 # %% ../../nbs/46_train.full.ipynb #593a6940
 def _base_folder(model_path, skip=('transformer',)) -> Path:
@@ -45,9 +53,15 @@ class FullFinetune(FlowMatchingMethod):
     name = 'full'
     def setup(self, device):
         self.device = torch.device(device)
-        self.dit = load_transformer(self.cfg.model.model_path, self.cfg.model.dit_precision, self.subfolder).to(self.device)
+        self.dit = load_transformer(self.cfg.model.model_path, self.cfg.model.dit_precision, self.subfolder).to(load_device(self.device))
         self.dit.requires_grad_(True)
         prepare_dit(self.dit, self.cfg)
+
+    def parallelize(self, dims):
+        "Shard (FSDP2 moves each block to the GPU as it shards it), then move whatever was not sharded."
+        super().parallelize(dims)
+        for t in [*self.dit.parameters(), *self.dit.buffers()]:
+            if t.device != self.device: t.data = t.data.to(self.device)
 
     def export_final(self):
         "The trained DiT, whole, on rank 0 (None elsewhere): a collective under torchrun."
