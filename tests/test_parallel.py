@@ -325,3 +325,33 @@ def test_bench_mfu_peak_table_is_exact():
     entry, peak = b.peak_for('NVIDIA H100 something new')
     assert peak is None and 'not in PEAK_BF16' in entry
     assert b.peak_for('NVIDIA H100 PCIe', 500.0) == ('--peak_tflops 500.0', 500e12)
+
+
+FOUND_INF_SCRIPT = '''
+import json, torch, torch.distributed as dist
+from videorecipes.train.trainer import agree_found_inf
+dist.init_process_group('gloo')
+r, out = dist.get_rank(), {}
+for agree in (False, True):
+    w = torch.nn.Parameter(torch.ones(4)); opt = torch.optim.SGD([w], lr=0.1)
+    s = torch.amp.GradScaler('cpu', init_scale=8.0)
+    s.scale(torch.ones(()))                                                 # (the scale starts lazily)
+    w.grad = torch.full((4,), float('inf') if r == 1 else 8.0)             # only rank 1's (scaled) gradient overflows
+    s.unscale_(opt)
+    if agree: agree_found_inf(s, opt)
+    s.step(opt); s.update()
+    out[str(agree)] = dict(stepped=bool((w.detach() != 1).any()), scale=s.get_scale())
+print(f'RESULT{r} ' + json.dumps(out))
+dist.destroy_process_group()
+'''
+
+
+def test_fp16_ranks_agree_on_skipping_a_step(tmp_path):
+    "With fp16 a GradScaler skips a step when a gradient overflows; an overflow on one rank only made the other rank step alone (TP ranks drift apart). After `agree_found_inf` all skip."
+    script = tmp_path / 'found_inf.py'; script.write_text(FOUND_INF_SCRIPT)
+    p = run_torchrun([sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', '2', str(script)], 300, env=ENV)
+    assert p.returncode == 0, p.stderr[-2000:]
+    r = {l[6]: json.loads(l[8:]) for l in p.stdout.splitlines() if l.startswith('RESULT')}
+    assert r['0']['False']['stepped'] and not r['1']['False']['stepped']          # the fault: rank 0 stepped, rank 1 skipped
+    assert not r['0']['True']['stepped'] and not r['1']['True']['stepped']        # agreed: both skip
+    assert r['0']['True']['scale'] == r['1']['True']['scale'] == 4.0              # and both back off the scale

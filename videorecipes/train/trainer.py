@@ -20,9 +20,9 @@ from .checkpoint import (list_checkpoints, resolve_checkpoint, save_checkpoint, 
                                            dcp_capable, recover_checkpoints, CheckpointError)
 
 # %% auto #0
-__all__ = ['make_optimizer', 'make_scheduler', 'autocast', 'NonFiniteLossError', 'OptimizerState', 'Loop', 'MetricsLog',
-           'read_metrics', 'read_validation_prompts', 'Validator', 'TrainResult', 'endless_batches', 'train',
-           'UnhealthyRunError', 'state_bytes', 'check_memory_plan', 'plot_losses', 'validation_viewer']
+__all__ = ['make_optimizer', 'make_scheduler', 'autocast', 'NonFiniteLossError', 'OptimizerState', 'Loop', 'agree_found_inf',
+           'MetricsLog', 'read_metrics', 'read_validation_prompts', 'Validator', 'TrainResult', 'endless_batches',
+           'train', 'UnhealthyRunError', 'state_bytes', 'check_memory_plan', 'plot_losses', 'validation_viewer']
 
 # %% ../../nbs/44_train.trainer.ipynb #2d9310ec
 _OPT_KW = dict(adam_beta1='betas', adam_beta2='betas', adam_eps='eps', weight_decay='weight_decay')
@@ -113,6 +113,13 @@ class Loop:
         b = ~torch.isfinite(t.detach())
         self._bad[opt] = self._bad[opt] | b if opt in self._bad else b
 
+# %% ../../nbs/44_train.trainer.ipynb #2db624b9
+def agree_found_inf(scaler, optimizer):
+    "After `scaler.unscale_(optimizer)`: every rank skips the step if any rank saw an inf or NaN (TP and FSDP ranks hold different gradients)."
+    import torch.distributed as dist
+    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1): return
+    for t in scaler._per_optimizer_states[id(optimizer)]['found_inf_per_device'].values(): dist.all_reduce(t, op=dist.ReduceOp.MAX)
+
 # %% ../../nbs/44_train.trainer.ipynb #f5dcc250
 @torch.no_grad()
 def _record(self:Loop, key, v):
@@ -130,7 +137,7 @@ def _step(self:Loop, opt:str='main'):
     "Clip and step optimizer `opt`, advance its schedule, zero every optimizer's gradients, update its network's EMA."
     o = self.opts[opt]
     if self.nets[o.spec.network].replicated: average_gradients(o.tensors)   # (FSDP averages what it shards)
-    if o.scaler is not None: o.scaler.unscale_(o.optimizer)
+    if o.scaler is not None: o.scaler.unscale_(o.optimizer); agree_found_inf(o.scaler, o.optimizer)
     gn = clip_grad_norm(o.tensors, o.max_grad_norm if o.max_grad_norm > 0 else float('inf'))
     if o.scaler is None: self._flag(opt, gn)          # (with a GradScaler, an inf gradient only skips the step)
     self._rec[f'{opt}:grad_norm'], self._lr[opt] = gn, o.scheduler.get_last_lr()[0]
