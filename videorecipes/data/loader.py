@@ -307,7 +307,8 @@ class LatentLoader:
     def __iter__(self):
         self.collate.epoch, self.consumed = self.sampler.epoch, 0
         dl = DataLoader(self.dataset, batch_size=self.batch_size, sampler=self.sampler, num_workers=self.num_workers,
-                        collate_fn=self.collate, drop_last=self.drop_last)
+                        collate_fn=self.collate, drop_last=self.drop_last,
+                        pin_memory=torch.cuda.is_available())   # page-locked batches: the step's copies to the GPU are asynchronous
         for batch in dl:
             self.consumed += len(batch['ids'])
             yield batch

@@ -72,14 +72,14 @@ def dit_inputs(batch:dict, # a collated batch (see `videorecipes.data.loader.Col
               ) -> dict:
     "Keyword arguments of `WanTransformer3DModel.forward` for one batch (T2V or I2V)."
     dev, dt = noisy.device, noisy.dtype
-    text = batch['text_embeddings'].to(dev)
-    if 'text_mask' in batch: text = text * batch['text_mask'].to(dev).unsqueeze(-1).to(text.dtype)
+    text = batch['text_embeddings'].to(dev, non_blocking=True)
+    if 'text_mask' in batch: text = text * batch['text_mask'].to(dev, non_blocking=True).unsqueeze(-1).to(text.dtype)
     x = noisy
     kw = {}
     if 'first_frame_latents' in batch:
-        cond = batch['first_frame_latents'].to(dev, dt)
+        cond = batch['first_frame_latents'].to(dev, dt, non_blocking=True)
         x = torch.cat([noisy, i2v_mask(noisy, batch.get('last_frame', False)), cond], dim=1)
-        if 'clip_features' in batch: kw['encoder_hidden_states_image'] = batch['clip_features'].to(dev)   # (Wan2.2 I2V has none)
+        if 'clip_features' in batch: kw['encoder_hidden_states_image'] = batch['clip_features'].to(dev, non_blocking=True)   # (Wan2.2 I2V has none)
     ts = (sigma * 1000).to(dev) if timestep is None else timestep.to(dev)
     return dict(hidden_states=x, timestep=ts, encoder_hidden_states=text, return_dict=False, **kw)
 
@@ -109,7 +109,7 @@ def flow_matching_loss(dit, batch:dict,
                       ) -> tuple[torch.Tensor, dict]:
     "(loss, info) of one batch: info has `sigma` [B], the per-sample `losses` [B], the prediction `pred` and the `noisy` input."
     dev = device or next(dit.parameters()).device
-    x = batch['latents'].to(dev, torch.float32)
+    x = batch['latents'].to(dev, torch.float32, non_blocking=True)   # (from the loader's pinned memory)
     if isinstance(generator, (list, tuple)):
         if len(generator) != x.shape[0]: raise ValueError(f"{len(generator)} generators for a batch of {x.shape[0]}")
         sigma = torch.cat([sample_sigmas(1, scheme, shift, min_timestep, max_timestep, g) for g in generator])
