@@ -205,6 +205,9 @@ I2V_FWD = textwrap.dedent("""
     from videorecipes.zoo import load_transformer
     from videorecipes.parallel.mesh import ParallelDims, init_distributed, build_mesh, close_distributed
     from videorecipes.parallel.parallelize import parallelize_wan
+    import torch.nn.functional as F
+    masked, _sdpa = [], F.scaled_dot_product_attention     # (does any SDPA call get a mask?)
+    F.scaled_dot_product_attention = lambda *a, **k: masked.append(k.get('attn_mask') is not None) or _sdpa(*a, **k)
     rank, world = init_distributed()
     outs = {}
     for flag in ('--sp_size', '--tp_size'):
@@ -214,20 +217,22 @@ I2V_FWD = textwrap.dedent("""
         torch.manual_seed(0)   # 3 latent frames of 6x6 = 27 tokens: SP pads; 257 CLIP tokens + 512 text tokens
         x, ctx, img = torch.randn(1, 36, 3, 6, 6), torch.randn(1, 512, dit.config.text_dim), torch.randn(1, 257, dit.config.image_dim)
         with torch.no_grad(): outs[flag] = dit(x, torch.tensor([400.]), ctx, encoder_hidden_states_image=img, return_dict=False)[0]
-    if rank == 0: torch.save(outs, sys.argv[2])
+    if rank == 0: torch.save(dict(outs=outs, masked=any(masked), calls=len(masked)), sys.argv[2])
     close_distributed()
 """)
 
 
 def test_i2v_forward_under_sp_and_tp(tmp_path):
-    "The I2V DiT (image cross-attention branch, 36 input channels) computes the same output under SP 2 and TP 2 as in one process."
+    "The I2V DiT (image cross-attention branch, 36 input channels) computes the same output under SP 2 (27 tokens: padded, without a mask) and TP 2 as in one process."
     from videorecipes.zoo import tiny_zoo, load_transformer
     zoo = tiny_zoo('i2v')
     script = tmp_path / 'i2v.py'; script.write_text(I2V_FWD)
     cmd = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', '2', str(script), str(zoo), str(tmp_path / 'o.pt')]
     p = run_torchrun(cmd, 300, env=ENV)
     assert p.returncode == 0, p.stderr[-3000:]
-    outs = torch.load(tmp_path / 'o.pt')
+    saved = torch.load(tmp_path / 'o.pt')
+    outs = saved['outs']
+    assert saved['calls'] > 0 and not saved['masked']   # SP's padding is cut off the keys, not masked: SDPA can use flash
     t = load_transformer(zoo, dtype='fp32').eval()
     torch.manual_seed(0)
     x, ctx, img = torch.randn(1, 36, 3, 6, 6), torch.randn(1, 512, t.config.text_dim), torch.randn(1, 257, t.config.image_dim)

@@ -22,6 +22,7 @@ __all__ = ['AttentionBackend', 'FunctionBackend', 'sdpa_attention', 'register_at
 # %% ../../nbs/21_parallel.attention.ipynb #5faee560
 class AttentionBackend:
     "An attention implementation behind one call, `backend(q, k, v, key_mask=None, ctx=None)` on `[B, S, H, D]`."
+    short_keys = False   # dense attention that takes fewer keys than queries: SP's padding is then cut off, not masked
     def __call__(self, q, k, v, key_mask=None, ctx=None): raise NotImplementedError
     def init_module(self, attn, # a diffusers `WanAttention`
                     block:int, cross:bool) -> dict:
@@ -48,6 +49,7 @@ class FunctionBackend(AttentionBackend):
     "A function `fn(q, k, v, key_mask=None)` (optionally with a `ctx=` keyword) as a backend."
     def __init__(self, fn:Callable):
         self.fn, self.takes_ctx = fn, 'ctx' in inspect.signature(fn).parameters
+        self.short_keys = fn is sdpa_attention
     def __call__(self, q, k, v, key_mask=None, ctx=None):
         return self.fn(q, k, v, key_mask, ctx=ctx) if self.takes_ctx else self.fn(q, k, v, key_mask)
     def __repr__(self): return f"FunctionBackend({getattr(self.fn, '__name__', self.fn)})"
@@ -231,7 +233,8 @@ def _processor_call(self, attn, hidden_states, encoder_hidden_states=None, atten
         st = self.sp
         q, k, v = (seq_to_heads(t, st.group) for t in (q, k, v))
         mask = None
-        if st.padded > st.n: mask = (torch.arange(st.padded, device=q.device) < st.n)[None].expand(q.shape[0], -1)
+        if st.padded > st.n and getattr(fn, 'short_keys', False): k, v = k[:, :st.n], v[:, :st.n]   # no mask: SDPA stays on flash
+        elif st.padded > st.n: mask = (torch.arange(st.padded, device=q.device) < st.n)[None].expand(q.shape[0], -1)
         out = heads_to_seq(fn(q, k, v, mask, ctx), st.group)
     else:
         out = fn(q, k, v, None, ctx)
