@@ -14,8 +14,8 @@ from .videoio import write_video, atomic_path
 from .config import arg, REQUIRED, parse_command
 
 # %% auto #0
-__all__ = ['COLOURS', 'SHAPES', 'MOTIONS', 'Scene', 'random_scene', 'all_captions', 'caption_vocabulary', 'render_scene',
-           'make_synthetic_dataset', 'SyntheticArgs', 'synthetic_cli']
+__all__ = ['COLOURS', 'SHAPES', 'NEW_SHAPES', 'MOTIONS', 'Scene', 'random_scene', 'all_captions', 'caption_vocabulary',
+           'render_scene', 'make_synthetic_dataset', 'SyntheticArgs', 'synthetic_cli']
 
 # %% ../nbs/02_synthetic.ipynb #9b6eb303
 COLOURS = {  # name -> RGB; well separated in hue so a dominant-colour score is unambiguous
@@ -24,6 +24,7 @@ COLOURS = {  # name -> RGB; well separated in hue so a dominant-colour score is 
     'black': (20, 20, 20),
 }
 SHAPES = ('circle', 'square', 'triangle')
+NEW_SHAPES = ('vbar', 'hbar')   # rendered, never captioned: new concepts for a model trained on SHAPES
 MOTIONS = {'moving right': (1, 0), 'moving left': (-1, 0), 'moving up': (0, -1), 'moving down': (0, 1), 'standing still': (0, 0)}
 
 @dataclass(frozen=True)
@@ -67,7 +68,10 @@ def _sdf(shape, px, py, r):
         x, y = np.where(swap, (x - k * y) / 2, x), np.where(swap, (-k * x - y) / 2, y)
         x = x - np.clip(x, -2 * r, 0)
         return -np.hypot(x, y) * np.sign(y)
-    raise ValueError(f"unknown shape {shape!r}; expected one of {SHAPES}")
+    # shapes the captions never name (NEW_SHAPES): bars across the whole frame, coarse enough for a tiny model to learn
+    if shape == 'vbar': return np.maximum(np.abs(px) - 0.45 * r, np.abs(py) - 4 * r)
+    if shape == 'hbar': return np.maximum(np.abs(px) - 4 * r, np.abs(py) - 0.45 * r)
+    raise ValueError(f"unknown shape {shape!r}; expected one of {SHAPES + NEW_SHAPES}")
 
 def render_scene(scene:Scene, # what to draw
                  num_frames:int=17, height:int=64, width:int=64,

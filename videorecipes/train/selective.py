@@ -159,9 +159,12 @@ _KIND_ORDER = ['self.q', 'self.k', 'self.v', 'self.o', 'cross.q', 'cross.k', 'cr
 def _kind_order(k): return _KIND_ORDER.index(k) if k in _KIND_ORDER else len(_KIND_ORDER)
 
 def eligible(shapes:dict, kinds=('attn', 'ffn')) -> list[str]:
-    "Names of the eligible tensors, sorted (the canonical order of the selection)."
+    "Names of the eligible tensors, sorted (the canonical order of the selection); `kinds` are groups ('attn') or finer kinds ('cross', 'cross.k')."
     ks = set(KINDS) if 'all' in kinds else set(kinds)
-    return sorted(n for n in shapes if tensor_kind(n)[2] in ks)
+    def ok(n):
+        _, kind, group = tensor_kind(n)
+        return group in ks or kind in ks or kind.split('.')[0] in ks
+    return sorted(n for n in shapes if ok(n))
 
 def slice_budget(n_eligible:int, ff:float) -> int:
     "B = round(ff·N), capped at ⌊N / ⌊1/ff⌋⌋ so that every slice fits (the cap binds only when ff·⌊1/ff⌋ ≈ 1)."
