@@ -36,6 +36,11 @@ def _flags(model, data, out, *extra):
 @pytest.fixture(scope='module')
 def root(tmp_path_factory): return tmp_path_factory.mktemp('models')
 
+def _clip(root) -> Path:
+    "One of the synthetic clips (its first frame, or its last, conditions validation)."
+    if not (root / 'merged').exists(): make_synthetic_dataset(root / 'merged', num_videos=6, progress=False)
+    return root / 'merged' / 'videos' / sorted(p.name for p in (root / 'merged' / 'videos').iterdir())[0]
+
 
 def test_wan22_i2v_experts_without_clip_train_and_validate(root):
     "Wan2.2 A14B I2V: no CLIP (empty clip_feature columns, no image tokens), both experts train with LoRA, validation samples with both."
@@ -44,8 +49,7 @@ def test_wan22_i2v_experts_without_clip_train_and_validate(root):
     data = _data(root, 'wan2.2-i2v', zoo)
     ds = LatentDataset(data)
     assert 'clip_features' not in ds[0] and ds[0]['first_frame_latents'].shape[0] == 16
-    img = root / 'merged' / 'videos' / sorted(p.name for p in (root / 'merged' / 'videos').iterdir())[0]
-    (root / 'val.json').write_text(json.dumps([dict(caption='a red circle', image_path=str(img))]))
+    (root / 'val.json').write_text(json.dumps([dict(caption='a red circle', image_path=str(_clip(root)))]))
     r = train(parse_args(_flags(zoo, data, root / 'i2v22', '--model_type', 'i2v', '--lora_training', 'True', '--lora_rank', 4,
                                 '--boundary_ratio', 0.5, '--log_validation', 'True', '--validation_dataset_file', root / 'val.json',
                                 '--validation_steps', 4, '--validation_sampling_steps', 2)), progress=False)
@@ -92,9 +96,14 @@ def test_ti2v_trains_t2v_and_i2v(root):
     data = _data(root, 'ti2v', zoo)
     ds = LatentDataset(data)
     assert tuple(ds[0]['latents'].shape) == (48, 5, 4, 4)
-    r = train(parse_args(_flags(zoo, data, root / 'ti2v', '--i2v_ratio', 0.5, '--max_train_steps', 12, '--learning_rate', 3e-3)), progress=False)
+    clip = _clip(root)
+    (root / 'val-ti2v.json').write_text(json.dumps([dict(caption='a red circle'), dict(caption='a red circle', image_path=str(clip))]))
+    r = train(parse_args(_flags(zoo, data, root / 'ti2v', '--i2v_ratio', 0.5, '--max_train_steps', 12, '--learning_rate', 3e-3,
+                                '--log_validation', 'True', '--validation_dataset_file', root / 'val-ti2v.json', '--validation_steps', 12,
+                                '--validation_sampling_steps', 2)), progress=False)
     l = [r.losses[s] for s in sorted(r.losses)]
     assert np.mean(l[-4:]) < np.mean(l[:4]), l
+    assert len(list((root / 'ti2v' / 'validation' / 'step-000012').glob('*.mp4'))) == 2   # one from text, one from the clip's first frame
     from diffusers import WanPipeline
     p = WanPipeline.from_pretrained(root / 'ti2v' / 'final')
     assert p.config.expand_timesteps and p.vae.config.z_dim == 48
@@ -111,8 +120,13 @@ def test_fun_inp_first_and_last_frame(root):
     assert not a['last_frame'] and b['last_frame']
     assert torch.allclose(a['first_frame_latents'][:, 0], b['first_frame_latents'][:, 0], atol=1e-5)   # (the causal VAE: frame 0 alone)
     assert not torch.allclose(a['first_frame_latents'][:, -1], b['first_frame_latents'][:, -1], atol=1e-3)
-    r = train(parse_args(_flags(zoo, last, root / 'fun', '--model_type', 'i2v', '--lora_training', 'True', '--lora_rank', 4)), progress=False)
+    clip = _clip(root)
+    (root / 'val-fun.json').write_text(json.dumps([dict(caption='a red circle', image_path=str(clip), last_image_path=str(clip))]))
+    r = train(parse_args(_flags(zoo, last, root / 'fun', '--model_type', 'i2v', '--lora_training', 'True', '--lora_rank', 4,
+                                '--log_validation', 'True', '--validation_dataset_file', root / 'val-fun.json', '--validation_steps', 4,
+                                '--validation_sampling_steps', 2)), progress=False)
     assert all(np.isfinite(v) for v in r.losses.values()) and (root / 'fun' / 'final' / 'pytorch_lora_weights.safetensors').exists()
+    assert list((root / 'fun' / 'validation' / 'step-000004').glob('*.mp4'))   # sampled from the clip's first and last frames
 
 
 @pytest.mark.cuda

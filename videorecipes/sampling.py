@@ -10,13 +10,13 @@ from typing import Optional
 from pathlib import Path
 import numpy as np
 import torch
-from .zoo import load_components, pipeline_kind, as_dtype
+from .zoo import load_components, pipeline_kind, as_dtype, TINY_KINDS
 from .videoio import write_video, atomic_path
 from .config import arg, require, REQUIRED, parse_command, run_cli
 
 # %% auto #0
 __all__ = ['MODEL_INFO_FILE', 'SCHEDULE_FILE', 'unwrap_transformer', 'Sampler', 'write_model_info', 'model_text_length',
-           'few_step_scheduler', 'read_few_step_schedule', 'save_videos', 'GenerateArgs', 'load_adapters',
+           'few_step_scheduler', 'read_few_step_schedule', 'save_videos', 'GenerateArgs', 'load_adapters', 'read_image',
            'generate_cli', 'generate_main']
 
 # %% ../nbs/04_sampling.ipynb #b5289372
@@ -28,6 +28,11 @@ def unwrap_transformer(model):
         elif type(model).__name__.startswith('PeftModel'): model = model.get_base_model()
         else: break
     return model
+
+def _clip_first_image(pipe):
+    "Give the DiT CLIP tokens of the first image alone, also when a `last_image` comes (Wan2.1-Fun InP is trained so; only FLF2V takes both)."
+    enc = pipe.encode_image
+    pipe.encode_image = lambda image, device=None: enc(image[0] if isinstance(image, list) else image, device)
 
 class Sampler:
     "Generates videos from an in-memory transformer with the other pipeline parts loaded from `model_path`."
@@ -51,20 +56,23 @@ class Sampler:
         for k in ('vae', 'text_encoder', 'image_encoder'):
             if k in self.parts: self.parts[k].to(self.device).requires_grad_(False).eval()
 
-    def pipeline(self, transformer=None, transformer_2=None):
+    def pipeline(self, transformer=None, transformer_2=None,
+                 image:bool=False, # a TI2V model's image-to-video pipeline (an I2V model's pipeline always is one)
+                ):
         "A diffusers pipeline around `transformer` (and a Wan2.2 `transformer_2`; default: the ones given at construction)."
         from diffusers import WanPipeline, WanImageToVideoPipeline
-        parts = dict(self.parts)
+        parts, c = dict(self.parts), self.config
         if transformer is not None: parts['transformer'] = transformer
         if transformer_2 is not None: parts['transformer_2'] = transformer_2
         for k in ('transformer', 'transformer_2'):
             if k in parts: parts[k] = unwrap_transformer(parts[k])
-        if self.kind != 'i2v': parts = {k: v for k, v in parts.items() if k not in ('image_encoder', 'image_processor')}
-        elif not self.config['clip']: parts.update(image_encoder=None, image_processor=None)
-        c = self.config
+        i2v = self.kind == 'i2v' or bool(image and c['expand_timesteps'])
+        if not i2v: parts = {k: v for k, v in parts.items() if k not in ('image_encoder', 'image_processor')}
+        elif not c['clip']: parts.update(image_encoder=None, image_processor=None)
         if c['experts'] == 2: parts['boundary_ratio'] = c['boundary_ratio']
         if c['expand_timesteps']: parts['expand_timesteps'] = True
-        pipe = (WanImageToVideoPipeline if self.kind == 'i2v' else WanPipeline)(**{'text_encoder': None, **parts})
+        pipe = (WanImageToVideoPipeline if i2v else WanPipeline)(**{'text_encoder': None, **parts})
+        if i2v and c['clip'] and parts['transformer'].config.get('pos_embed_seq_len') is None: _clip_first_image(pipe)
         pipe.set_progress_bar_config(disable=True)
         return pipe
 
@@ -142,6 +150,22 @@ def read_few_step_schedule(folder) -> Optional[dict]:
         raise ValueError(f"{p}: expected {{'sigmas': [numbers in (0, 1]], ...}}")
     return d
 
+# %% ../nbs/04_sampling.ipynb #6f475564
+def _conditions(self:Sampler, prompts:list, images=None, last_images=None) -> tuple[list, list]:
+    "(images, last_images): one entry (or None) per prompt, checked against what the model takes."
+    n, c, given = len(prompts), self.config, lambda xs: [x is not None for x in xs]
+    images = [None] * n if images is None else list(images)
+    last = [None] * n if last_images is None else list(last_images)
+    if len(images) != n or len(last) != n:
+        raise ValueError(f"{n} prompt(s) but {len(images)} image(s) and {len(last)} last image(s): give one per prompt")
+    if self.kind == 'i2v' and not all(given(images)): raise ValueError("an I2V pipeline needs one image per prompt (`images=`)")
+    if any(given(images)) and self.kind != 'i2v' and not c['expand_timesteps']:
+        raise ValueError(f"{self.model_path}: a text-to-video model takes no image (I2V and TI2V models do)")
+    if any(given(last)) and (self.kind != 'i2v' or c['expand_timesteps'] or c['experts'] == 2):
+        raise ValueError(f"{self.model_path}: a last frame needs a Wan2.1 image-to-video model (Fun-InP)")
+    return images, last
+Sampler.conditions = _conditions
+
 # %% ../nbs/04_sampling.ipynb #ae76e490
 @torch.no_grad()
 def _generate(self:Sampler, prompts, # a prompt or a list of prompts
@@ -149,18 +173,25 @@ def _generate(self:Sampler, prompts, # a prompt or a list of prompts
               num_frames:int=17, height:int=64, width:int=64,
               num_inference_steps:int=20, guidance_scale:float=5.0,
               seed:int=0, # video i uses seed + i
-              images=None, # I2V: one PIL image (or uint8 HxWx3 array) per prompt
+              images=None, # I2V: one PIL image (or uint8 HxWx3 array) per prompt; TI2V: a None entry samples text-to-video
               transformer=None, # sample with this transformer instead of the constructor's
               transformer_2=None, # Wan2.2 A14B: and with this low-noise expert
               max_sequence_length:int=None, # text length prompts are padded to (None: the model's training length, else 512)
               embeds:dict=None, # what `encode` returned for these prompts (then the text/image encoders are not used)
               sigmas=None, # a few-step student's noise levels (`few_step_scheduler`); then `num_inference_steps` is len(sigmas)
+              last_images=None, # Wan2.1-Fun InP: the last frame to reach, one per prompt (or None entries)
              ) -> list[np.ndarray]:
     "Generate one video per prompt as `uint8` frames `[T,H,W,3]`."
     if isinstance(prompts, str): prompts = [prompts]
-    if self.kind == 'i2v' and (images is None or len(images) != len(prompts)): raise ValueError("an I2V pipeline needs one image per prompt (`images=`)")
-    pipe, max_sequence_length = self.pipeline(transformer, transformer_2), max_sequence_length or self.text_max_length or 512
-    if sigmas is not None: pipe.scheduler, num_inference_steps = few_step_scheduler(sigmas), len(sigmas)
+    images, last_images = self.conditions(prompts, images, last_images)
+    max_sequence_length = max_sequence_length or self.text_max_length or 512
+    @functools.cache
+    def pipe_for(image:bool):
+        p = self.pipeline(transformer, transformer_2, image)
+        if sigmas is not None: p.scheduler = few_step_scheduler(sigmas)
+        return p
+    if sigmas is not None: num_inference_steps = len(sigmas)
+    pipe = pipe_for(False)
     dit, dit2 = pipe.transformer, getattr(pipe, 'transformer_2', None)
     was_training, was_training_2, videos = dit.training, dit2 is not None and dit2.training, []
     dit.eval()
@@ -172,10 +203,11 @@ def _generate(self:Sampler, prompts, # a prompt or a list of prompts
                       callback_on_step_end=_denoise_callback(dit))
             if embeds is None: kw.update(prompt=prompt, negative_prompt=negative_prompt)
             else: kw.update({k: v[i] for k, v in embeds.items()})
-            if self.kind == 'i2v': kw['image'] = _as_pil(images[i])
+            if images[i] is not None: kw['image'] = _as_pil(images[i])
+            if last_images[i] is not None: kw['last_image'] = _as_pil(last_images[i])
             with torch.random.fork_rng(devices=[self.device] if self.device.type == 'cuda' else []):
                 torch.manual_seed(seed + i)              # (a stochastic scheduler draws from the global generator)
-                frames = pipe(**kw).frames[0]
+                frames = pipe_for(images[i] is not None)(**kw).frames[0]
             videos.append((np.clip(frames, 0, 1) * 255 + 0.5).astype(np.uint8))
     finally:
         dit.train(was_training)
@@ -216,10 +248,11 @@ def save_videos(videos, # list of uint8 [T,H,W,3]
 class GenerateArgs:
     "Generate videos from a Wan pipeline folder, a hub id, or the tiny zoo; write mp4 files."
     model_path: Optional[str] = arg(None, "Diffusers folder or hub id (None: the tiny zoo of --tiny)")
-    tiny: Optional[str] = arg(None, "Use (and build if needed) the tiny zoo pipeline", choices=('t2v', 'i2v'))
+    tiny: Optional[str] = arg(None, "Use (and build if needed) the tiny zoo pipeline of this kind", choices=tuple(TINY_KINDS))
     zoo_dir: Optional[str] = arg(None, "Where the tiny zoo lives (None: $VIDEORECIPES_CACHE/zoo)")
     prompt: list[str] = arg(REQUIRED, "A prompt; repeat the flag for several", repeat=True, sep=None)
-    image: Optional[list[str]] = arg(None, "I2V: conditioning image (or a video: its first frame), one per prompt", repeat=True, sep=None)
+    image: Optional[list[str]] = arg(None, "I2V: conditioning image (or a video: its first frame), one per prompt; TI2V: optional", repeat=True, sep=None)
+    last_image: Optional[list[str]] = arg(None, "Wan2.1-Fun InP: the last frame to reach (or a video: its last frame), one per prompt", repeat=True, sep=None)
     negative_prompt: str = arg('', "Negative prompt")
     num_frames: int = arg(17, "Frames, 4k+1")
     height: int = arg(64, "Height, a multiple of 16")
@@ -287,6 +320,17 @@ def load_adapters(sampler:Sampler, path) -> list[str]:
             done.append(str(p / sub))
     return done
 
+# %% ../nbs/04_sampling.ipynb #45ce756a
+def read_image(path, last=False):
+    "A PIL image, or a video's first (`last`: last) frame; a file that is neither is refused by name."
+    from PIL import Image, UnidentifiedImageError
+    from videorecipes.videoio import read_video
+    if Path(path).suffix.lower() in ('.mp4', '.mov', '.webm', '.mkv', '.avi'): return read_video(path)[0][-1 if last else 0]
+    try: return Image.open(path).convert('RGB')
+    except FileNotFoundError: raise FileNotFoundError(f"{path}: no such image") from None
+    except UnidentifiedImageError: raise ValueError(f"{path}: not an image or a video") from None
+
+
 # %% ../nbs/04_sampling.ipynb #c38c0f16
 def generate_cli(argv=None) -> list[Path]:
     "`videorecipes-generate --prompt ... [--tiny t2v|i2v | --model_path M]`: write the videos, return their paths."
@@ -314,12 +358,8 @@ def generate_cli(argv=None) -> list[Path]:
     if backend == 'radial':
         from videorecipes.kernels.radial import apply_radial
         apply_radial(s.parts['transformer'], a.decay_factor, a.dense_layers, a.dense_timesteps, a.radial_block_size, split_threshold=a.radial_split_threshold)
-    images = None
-    if a.image:
-        from PIL import Image
-        from videorecipes.videoio import read_video
-        is_video = lambda p: Path(p).suffix.lower() in ('.mp4', '.mov', '.webm', '.mkv', '.avi')
-        images = [read_video(p, max_frames=1)[0][0] if is_video(p) else Image.open(p).convert('RGB') for p in a.image]
+    images, last_images = ([read_image(p, last) for p in paths] if paths else None for paths, last in ((a.image, False), (a.last_image, True)))
+    s.conditions(a.prompt, images, last_images)   # (refused before the prompts are encoded)
     sigmas = _few_step_sigmas(a, path)
     lora_len = model_text_length(a.lora_checkpoint_dir) if a.lora_checkpoint_dir and Path(a.lora_checkpoint_dir).is_dir() else None
     n = a.text_max_length or lora_len or s.text_max_length
@@ -327,7 +367,7 @@ def generate_cli(argv=None) -> list[Path]:
     embeds = s.encode(a.prompt, a.negative_prompt, n); s.release_encoders()
     t1 = time.time()
     vids = s.generate(a.prompt, negative_prompt=a.negative_prompt, num_frames=a.num_frames, height=a.height, width=a.width,
-                      num_inference_steps=a.num_inference_steps, seed=a.seed, images=images, max_sequence_length=n, embeds=embeds,
+                      num_inference_steps=a.num_inference_steps, seed=a.seed, images=images, last_images=last_images, max_sequence_length=n, embeds=embeds,
                       guidance_scale=a.guidance_scale if a.guidance_scale is not None else 1.0 if sigmas else 5.0, sigmas=sigmas)
     paths = save_videos(vids, a.output_dir, a.prompt, seed=a.seed, fps=a.fps)
     print(f"generated {len(paths)} video(s) of {a.num_frames}x{a.height}x{a.width} in {time.time()-t1:.1f}s:")

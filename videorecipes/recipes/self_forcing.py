@@ -371,11 +371,11 @@ def stream(self, prompt_embeds:torch.Tensor, # [1, L, D]: `encode`'s embedding o
 def generate(self, prompts, negative_prompt:str='', num_frames:int=17, height:int=64, width:int=64,
              num_inference_steps:int=None, # (the student's steps are `sigmas` / its causal.json)
              guidance_scale:float=1.0, seed:int=0, images=None, transformer=None, max_sequence_length:int=512,
-             embeds:dict=None, sigmas=None) -> list[np.ndarray]:
+             embeds:dict=None, sigmas=None, last_images=None) -> list[np.ndarray]:
     "One video per prompt, uint8 [T, H, W, 3], generated causally (video i uses seed + i): `Sampler.generate`'s signature."
     if isinstance(prompts, str): prompts = [prompts]
     if guidance_scale not in (None, 1, 1.0): raise ValueError(f"a causal student samples without guidance (its guidance is distilled in), got guidance_scale={guidance_scale}")
-    if images is not None: raise ValueError("causal students are text-to-video here: no images")
+    if images is not None or last_images is not None: raise ValueError("causal students are text-to-video here: no images")
     if (num_frames - 1) % 4: raise ValueError(f"num_frames must be 4k+1, got {num_frames}")
     if embeds is None: embeds = self.encode(prompts, negative_prompt, max_sequence_length)
     return [np.concatenate([c['frames'] for c in self.stream(embeds['prompt_embeds'][i], (num_frames - 1) // 4 + 1, height, width,

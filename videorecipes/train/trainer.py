@@ -239,7 +239,7 @@ def read_metrics(output_dir) -> list[dict]:
 
 # %% ../../nbs/44_train.trainer.ipynb #7ae5324a
 def read_validation_prompts(path) -> list[dict]:
-    "Entries `{caption, image_path?}` of a validation JSON file; errors name the file."
+    "Entries `{caption, image_path?, last_image_path?}` of a validation JSON file; errors name the file."
     p = Path(path)
     try: d = json.loads(p.read_text())
     except FileNotFoundError: raise FileNotFoundError(f"--validation_dataset_file {p}: file not found") from None
@@ -252,19 +252,15 @@ def read_validation_prompts(path) -> list[dict]:
         cap = e.get('caption', e.get('prompt')) if isinstance(e, dict) else None
         if not isinstance(cap, str): raise ConfigError(f"--validation_dataset_file {p}: entry {i} has no 'caption' string")
         r = dict(caption=cap)
-        img = e.get('image_path') or e.get('video_path')
-        if img:
+        for key, img in (('image_path', e.get('image_path') or e.get('video_path')), ('last_image_path', e.get('last_image_path'))):
+            if not img: continue
             ip = Path(img) if Path(img).is_absolute() else p.parent / img
             if not ip.exists(): raise FileNotFoundError(f"--validation_dataset_file {p}: entry {i}: {ip} does not exist")
-            r['image_path'] = str(ip)
+            r[key] = str(ip)
+        if 'last_image_path' in r and 'image_path' not in r:
+            raise ConfigError(f"--validation_dataset_file {p}: entry {i} has a last_image_path but no image_path")
         out.append(r)
     return out
-
-def _load_image(path):
-    from PIL import Image
-    from videorecipes.videoio import read_video
-    if Path(path).suffix.lower() in ('.mp4', '.mov', '.webm', '.mkv', '.avi'): return read_video(path, max_frames=1)[0][0]
-    return Image.open(path).convert('RGB')
 
 def _strip(video, n=4):
     "n frames of a [T,H,W,3] video side by side."
@@ -290,14 +286,18 @@ class Validator:
 
     def _prepare(self, dit):
         "Load the pipeline parts once, in the training precision; encode the prompts; release the text encoder."
-        from videorecipes.sampling import Sampler
+        from videorecipes.sampling import Sampler, read_image
         c, v = self.cfg, self.cfg.validation
         kw = dict(transformer_2=self._dit2()) if self.transformer_2 is not None else {}
         self.sampler = (self.sampler_cls or Sampler)(c.model.model_path, transformer=dit, text_dtype=_TRAIN_DTYPE[c.optimizer.mixed_precision],
                                                      device=self.device, **kw)
         if self.sampler.kind == 'i2v' and any('image_path' not in e for e in self.entries):
             raise ConfigError(f"--validation_dataset_file {v.validation_dataset_file}: an I2V model needs 'image_path' in every entry")
-        self.images = [_load_image(e['image_path']) for e in self.entries] if self.sampler.kind == 'i2v' else None
+        takes = self.sampler.kind == 'i2v' or self.sampler.config['expand_timesteps']   # (TI2V: the entries with an image)
+        load = lambda key, last=False: [read_image(e[key], last) if key in e else None for e in self.entries]
+        self.images = load('image_path') if takes else None
+        self.last_images = load('last_image_path', True) if any('last_image_path' in e for e in self.entries) else None
+        self.sampler.conditions(self.entries, self.images, self.last_images)   # (a last frame the model cannot take: refused here)
         with autocast(c, self.device):
             self.embeds = self.sampler.encode([e['caption'] for e in self.entries], v.validation_negative_prompt or '', c.data.text_max_length)
         self.sampler.release_encoders()
@@ -316,7 +316,7 @@ def _validate(self:Validator, step:int, metrics:MetricsLog=None) -> list[Path]:
         vids = self.sampler.generate(prompts, num_frames=(t.latent_t - 1) * 4 + 1, height=t.num_height, width=t.num_width,
                                      num_inference_steps=v.validation_sampling_steps, sigmas=self.sigmas,
                                      guidance_scale=v.validation_guidance_scale if self.guidance_scale is None else self.guidance_scale,
-                                     seed=t.seed, images=self.images, transformer=dit, max_sequence_length=c.data.text_max_length,
+                                     seed=t.seed, images=self.images, last_images=self.last_images, transformer=dit, max_sequence_length=c.data.text_max_length,
                                      embeds=self.embeds, **kw)
     if not is_main(): return []
     paths = save_videos(vids, Path(t.output_dir) / self.subdir / f'step-{step:06d}', prompts, seed=t.seed, fps=c.trainer.validation_fps)
