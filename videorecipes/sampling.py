@@ -325,15 +325,14 @@ def read_image(path, last=False):
     "A PIL image, or a video's first (`last`: last) frame; a file that is neither is refused by name."
     from PIL import Image, UnidentifiedImageError
     from videorecipes.videoio import read_video
-    if Path(path).suffix.lower() in ('.mp4', '.mov', '.webm', '.mkv', '.avi'): return read_video(path)[0][-1 if last else 0]
+    if Path(path).suffix.lower() in ('.mp4', '.mov', '.webm', '.mkv', '.avi'): return read_video(path, max_frames=None if last else 1)[0][-1 if last else 0]
     try: return Image.open(path).convert('RGB')
     except FileNotFoundError: raise FileNotFoundError(f"{path}: no such image") from None
     except UnidentifiedImageError: raise ValueError(f"{path}: not an image or a video") from None
 
-
 # %% ../nbs/04_sampling.ipynb #c38c0f16
 def generate_cli(argv=None) -> list[Path]:
-    "`videorecipes-generate --prompt ... [--tiny t2v|i2v | --model_path M]`: write the videos, return their paths."
+    "`videorecipes-generate --prompt ... [--image ... --last_image ...] [--tiny KIND | --model_path M]`: write the videos, return their paths."
     from videorecipes.zoo import tiny_zoo, load_transformer, folder_size
     a = parse_command(GenerateArgs, argv, prog='videorecipes-generate')
     device = a.device or ('cuda' if torch.cuda.is_available() else 'cpu')
