@@ -181,7 +181,7 @@ def _lv_call(self:LengthValidator, step:int, metrics=None) -> dict:
         if metrics is not None and metrics.tb is not None: metrics.tb.add_scalar('validation/loss', loss, step)
     for i, (v, dense) in enumerate(self.videos):
         if i and v.sampler is None and self.videos[0][0].sampler is not None:   # one VAE and one set of prompt embeddings
-            v0 = self.videos[0][0]; v.sampler, v.embeds, v.images = v0.sampler, v0.embeds, v0.images
+            v.share(self.videos[0][0])
         with context_fields(self.m.dit, dense=dense): v(step, metrics)
     return self.records[-1]
 

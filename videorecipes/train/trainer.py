@@ -302,6 +302,10 @@ class Validator:
             self.embeds = self.sampler.encode([e['caption'] for e in self.entries], v.validation_negative_prompt or '', c.data.text_max_length)
         self.sampler.release_encoders()
 
+    def share(self, other:'Validator'):
+        "Sample with `other`'s prepared parts, prompt embeddings and images (several validators, one VAE and one set of embeddings)."
+        self.sampler, self.embeds, self.images, self.last_images = other.sampler, other.embeds, other.images, other.last_images
+
 # %% ../../nbs/44_train.trainer.ipynb #eb249c61
 def _validate(self:Validator, step:int, metrics:MetricsLog=None) -> list[Path]:
     "Sample every prompt at `step`; rank 0 writes `validation/step-{step}/*.mp4` (every rank samples: the DiT may be sharded)."
