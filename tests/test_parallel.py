@@ -333,7 +333,8 @@ def test_bench_mfu_peak_table_is_exact():
 
 
 FOUND_INF_SCRIPT = '''
-import json, torch, torch.distributed as dist
+import json, sys, torch, torch.distributed as dist
+from pathlib import Path
 from videorecipes.train.trainer import agree_found_inf
 dist.init_process_group('gloo')
 r, out = dist.get_rank(), {}
@@ -346,7 +347,7 @@ for agree in (False, True):
     if agree: agree_found_inf(s, opt)
     s.step(opt); s.update()
     out[str(agree)] = dict(stepped=bool((w.detach() != 1).any()), scale=s.get_scale())
-print(f'RESULT{r} ' + json.dumps(out))
+(Path(sys.argv[1]) / f'result{r}.json').write_text(json.dumps(out))   # (a file per rank: two ranks printing to one pipe interleave)
 dist.destroy_process_group()
 '''
 
@@ -354,9 +355,9 @@ dist.destroy_process_group()
 def test_fp16_ranks_agree_on_skipping_a_step(tmp_path):
     "With fp16 a GradScaler skips a step when a gradient overflows; an overflow on one rank only made the other rank step alone (TP ranks drift apart). After `agree_found_inf` all skip."
     script = tmp_path / 'found_inf.py'; script.write_text(FOUND_INF_SCRIPT)
-    p = run_torchrun([sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', '2', str(script)], 300, env=ENV)
+    p = run_torchrun([sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', '2', str(script), str(tmp_path)], 300, env=ENV)
     assert p.returncode == 0, p.stderr[-2000:]
-    r = {l[6]: json.loads(l[8:]) for l in p.stdout.splitlines() if l.startswith('RESULT')}
+    r = {str(k): json.loads((tmp_path / f'result{k}.json').read_text()) for k in (0, 1)}
     assert r['0']['False']['stepped'] and not r['1']['False']['stepped']          # the fault: rank 0 stepped, rank 1 skipped
     assert not r['0']['True']['stepped'] and not r['1']['True']['stepped']        # agreed: both skip
     assert r['0']['True']['scale'] == r['1']['True']['scale'] == 4.0              # and both back off the scale
