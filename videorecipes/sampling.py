@@ -34,6 +34,7 @@ def _clip_first_image(pipe):
     enc = pipe.encode_image
     pipe.encode_image = lambda image, device=None: enc(image[0] if isinstance(image, list) else image, device)
 
+# %% ../nbs/04_sampling.ipynb #7c961b04
 class Sampler:
     "Generates videos from an in-memory transformer with the other pipeline parts loaded from `model_path`."
     def __init__(self, model_path, # diffusers folder or hub id holding the VAE, text encoder, tokenizer, scheduler
