@@ -167,6 +167,30 @@ def _conditions(self:Sampler, prompts:list, images=None, last_images=None) -> tu
     return images, last
 Sampler.conditions = _conditions
 
+# %% ../nbs/04_sampling.ipynb #dac94b61
+def _pipelines(self:Sampler, transformer=None, transformer_2=None,
+               sigmas=None, # a few-step student's noise levels: each pipeline gets `few_step_scheduler(sigmas)`
+              ):
+    "A function `image -> pipeline` for a prompt with (True) or without an image, each pipeline built once."
+    @functools.cache
+    def build(i2v:bool):
+        p = self.pipeline(transformer, transformer_2, i2v)
+        if sigmas is not None: p.scheduler = few_step_scheduler(sigmas)
+        return p
+    return lambda image: build(self.kind == 'i2v' or bool(image and self.config['expand_timesteps']))
+Sampler.pipelines = _pipelines
+
+# %% ../nbs/04_sampling.ipynb #7ed98387
+@contextlib.contextmanager
+def _eval_mode(*modules):
+    "The modules (None skipped) in eval mode inside the block, each back in its own mode after it."
+    ms = [m for m in modules if m is not None]
+    modes = [m.training for m in ms]
+    for m in ms: m.eval()
+    try: yield
+    finally:
+        for m, t in zip(ms, modes): m.train(t)
+
 # %% ../nbs/04_sampling.ipynb #ae76e490
 @torch.no_grad()
 def _generate(self:Sampler, prompts, # a prompt or a list of prompts
@@ -186,33 +210,25 @@ def _generate(self:Sampler, prompts, # a prompt or a list of prompts
     if isinstance(prompts, str): prompts = [prompts]
     images, last_images = self.conditions(prompts, images, last_images)
     max_sequence_length = max_sequence_length or self.text_max_length or 512
-    @functools.cache
-    def pipe_for(image:bool):
-        p = self.pipeline(transformer, transformer_2, image)
-        if sigmas is not None: p.scheduler = few_step_scheduler(sigmas)
-        return p
+    pipe_for = self.pipelines(transformer, transformer_2, sigmas)
     if sigmas is not None: num_inference_steps = len(sigmas)
     pipe = pipe_for(False)
-    dit, dit2 = pipe.transformer, getattr(pipe, 'transformer_2', None)
-    was_training, was_training_2, videos = dit.training, dit2 is not None and dit2.training, []
-    dit.eval()
-    if dit2 is not None: dit2.eval()
+    dit, videos = pipe.transformer, []
     try:
-        for i, prompt in enumerate(prompts):
-            kw = dict(num_frames=num_frames, height=height, width=width, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
-                      generator=torch.Generator(device='cpu').manual_seed(seed + i), output_type='np', max_sequence_length=max_sequence_length,
-                      callback_on_step_end=_denoise_callback(dit))
-            if embeds is None: kw.update(prompt=prompt, negative_prompt=negative_prompt)
-            else: kw.update({k: v[i] for k, v in embeds.items()})
-            if images[i] is not None: kw['image'] = _as_pil(images[i])
-            if last_images[i] is not None: kw['last_image'] = _as_pil(last_images[i])
-            with torch.random.fork_rng(devices=[self.device] if self.device.type == 'cuda' else []):
-                torch.manual_seed(seed + i)              # (a stochastic scheduler draws from the global generator)
-                frames = pipe_for(images[i] is not None)(**kw).frames[0]
-            videos.append((np.clip(frames, 0, 1) * 255 + 0.5).astype(np.uint8))
+        with _eval_mode(dit, getattr(pipe, 'transformer_2', None)):
+            for i, prompt in enumerate(prompts):
+                kw = dict(num_frames=num_frames, height=height, width=width, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
+                          generator=torch.Generator(device='cpu').manual_seed(seed + i), output_type='np', max_sequence_length=max_sequence_length,
+                          callback_on_step_end=_denoise_callback(dit))
+                if embeds is None: kw.update(prompt=prompt, negative_prompt=negative_prompt)
+                else: kw.update({k: v[i] for k, v in embeds.items()})
+                if images[i] is not None: kw['image'] = _as_pil(images[i])
+                if last_images[i] is not None: kw['last_image'] = _as_pil(last_images[i])
+                with torch.random.fork_rng(devices=[self.device] if self.device.type == 'cuda' else []):
+                    torch.manual_seed(seed + i)              # (a stochastic scheduler draws from the global generator)
+                    frames = pipe_for(images[i] is not None)(**kw).frames[0]
+                videos.append((np.clip(frames, 0, 1) * 255 + 0.5).astype(np.uint8))
     finally:
-        dit.train(was_training)
-        if dit2 is not None: dit2.train(was_training_2)
         from videorecipes.parallel.attention import attention_context
         if (ctx := attention_context(unwrap_transformer(dit))) is not None: ctx.denoise_step = None   # training forwards come next
     return videos
